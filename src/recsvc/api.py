@@ -1,0 +1,316 @@
+"""HTTP routes: thin handlers that check the key, parse the body and call a service function."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Annotated, Any, TypeVar
+
+from fastapi import APIRouter, Depends, Path, Request, Response
+from pydantic import BaseModel, ValidationError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from recsvc import db, ingest, metrics
+from recsvc.auth import require, require_metrics_access
+from recsvc.config import Settings
+from recsvc.errors import (
+    InvalidInput,
+    ServiceUnavailable,
+    is_database_unavailable,
+    validation_errors,
+)
+from recsvc.schemas import (
+    EventBatch,
+    EventTypes,
+    Health,
+    IngestResult,
+    ItemBatch,
+    ItemIn,
+    ItemOut,
+    Problem,
+    Readiness,
+    UpsertResult,
+    UserIn,
+    UserOut,
+    ValidationRules,
+)
+
+Model = TypeVar("Model", bound=BaseModel)
+
+PathId = Annotated[str, Path(min_length=1, max_length=128)]
+
+
+# --- dependencies -------------------------------------------------------------------------------
+
+
+async def _session(request: Request) -> AsyncIterator[AsyncSession]:
+    """One transaction per request: committed when the handler returns, rolled back otherwise."""
+    async with request.app.state.sessionmaker() as session:
+        try:
+            yield session
+            await session.commit()
+        except Exception as exc:
+            await session.rollback()
+            if is_database_unavailable(exc):
+                raise ServiceUnavailable("the database is unavailable; retry later") from exc
+            raise
+
+
+SessionDep = Annotated[AsyncSession, Depends(_session)]
+
+# Schemas the routes refer to by hand (bodies parsed in `parsed`, problem documents);
+# app.py adds them to openapi.yaml.
+DOC_MODELS: list[type[BaseModel]] = [EventBatch, ItemIn, ItemBatch, UserIn, Problem]
+
+
+def body_doc(model: type[BaseModel]) -> dict[str, Any]:
+    """openapi_extra for a route that parses its body itself."""
+    ref = {"$ref": f"#/components/schemas/{model.__name__}"}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}}
+
+
+def parsed(model: type[Model]) -> Callable[[Request], Awaitable[Model]]:
+    """Parse the raw body straight from JSON bytes with the settings-driven rules as context:
+    one pass, and the same validation `recsvc import` applies."""
+
+    async def parse(request: Request) -> Model:
+        rules: ValidationRules = request.app.state.rules
+        body = await request.body()
+        try:
+            return model.model_validate_json(body, context={"rules": rules})
+        except ValidationError as exc:
+            errors = validation_errors(exc.errors(include_url=False, include_input=False))
+            if model is EventBatch:
+                metrics.EVENTS_REJECTED_BATCHES.inc()
+            if any(e["type"] == "json_invalid" for e in errors):
+                raise InvalidInput("the body is not valid JSON", errors=errors) from None
+            raise InvalidInput(
+                f"{len(errors)} invalid field(s); nothing was stored", errors=errors
+            ) from None
+
+    return parse
+
+
+# --- routes -------------------------------------------------------------------------------------
+
+ops = APIRouter(tags=["operations"])
+v1 = APIRouter(prefix="/v1")
+
+
+def problem(description: str) -> dict[str, Any]:
+    schema = {"$ref": "#/components/schemas/Problem"}
+    return {"description": description, "content": {"application/problem+json": {"schema": schema}}}
+
+
+AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: problem("missing or unknown API key"),
+    403: problem("the key lacks the scope"),
+    422: problem("invalid input; `errors` lists each invalid field"),
+    503: problem("database unavailable; retry after `Retry-After` seconds"),
+}
+
+
+@ops.get("/healthz", response_model=Health, operation_id="healthz")
+async def healthz() -> Health:
+    """Liveness: the process answers. No key needed."""
+    return Health(status="ok")
+
+
+@ops.get(
+    "/readyz",
+    response_model=Readiness,
+    operation_id="readyz",
+    responses={503: {"model": Readiness, "description": "not ready"}},
+)
+async def readyz(request: Request, response: Response) -> Readiness:
+    """Readiness: database reachable and migrated to the code's schema. No key needed."""
+    state = request.app.state
+    revision = None
+    try:
+        revision = await db.current_revision(state.engine)
+        database = "ok" if revision == state.head_revision else "not_migrated"
+    except Exception as exc:
+        if not is_database_unavailable(exc):
+            raise
+        database = "unreachable"
+    metrics.DATABASE_UP.set(1 if database == "ok" else 0)
+    ready = database == "ok"
+    if not ready:
+        response.status_code = 503
+        response.headers["Retry-After"] = str(state.settings.db_retry_after_seconds)
+    return Readiness(
+        status="ready" if ready else "not_ready",
+        database=database,
+        schema_revision=revision,
+        model="none_trained",
+    )
+
+
+@ops.get(
+    "/metrics",
+    operation_id="metrics",
+    response_class=Response,
+    dependencies=[Depends(require_metrics_access)],
+)
+async def prometheus_metrics() -> Response:
+    """Prometheus text format. Needs an admin key when RECSVC_METRICS_REQUIRE_KEY=true."""
+    body, content_type = metrics.render()
+    return Response(body, media_type=content_type)
+
+
+# Events
+
+
+@v1.post(
+    "/events",
+    status_code=202,
+    response_model=IngestResult,
+    operation_id="ingest_events",
+    tags=["ingest"],
+    dependencies=[Depends(require("ingest"))],
+    openapi_extra=body_doc(EventBatch),
+    responses={**AUTH_RESPONSES, 413: problem("body larger than the limit")},
+)
+async def post_events(
+    session: SessionDep, batch: Annotated[EventBatch, Depends(parsed(EventBatch))]
+) -> IngestResult:
+    """Store a batch of 1..1000 events, all or nothing, durably before answering 202.
+    A repeated `event_id` is counted in `duplicates` and not stored again."""
+    accepted, duplicates = await ingest.insert_events(session, batch.events)
+    await session.commit()  # durable before the 202 goes out
+    metrics.EVENTS_ACCEPTED.inc(accepted)
+    metrics.EVENTS_DUPLICATE.inc(duplicates)
+    return IngestResult(accepted=accepted, duplicates=duplicates)
+
+
+@v1.get(
+    "/event-types",
+    response_model=EventTypes,
+    operation_id="event_types",
+    tags=["ingest"],
+    dependencies=[Depends(require("read"))],
+    responses=AUTH_RESPONSES,
+)
+async def event_types(request: Request) -> EventTypes:
+    """The allowed event types and their weights."""
+    settings: Settings = request.app.state.settings
+    return EventTypes(
+        types=dict(sorted(settings.event_weights.items())),
+        rating_type=settings.rating_event_type,
+        negative_types=settings.negative_event_types,
+    )
+
+
+# Catalog
+
+
+@v1.put(
+    "/items/{item_id}",
+    response_model=ItemOut,
+    operation_id="put_item",
+    tags=["catalog"],
+    dependencies=[Depends(require("ingest"))],
+    openapi_extra=body_doc(ItemIn),
+    responses={**AUTH_RESPONSES, 201: {"model": ItemOut, "description": "created"}},
+)
+async def put_item(
+    item_id: PathId,
+    response: Response,
+    session: SessionDep,
+    item: Annotated[ItemIn, Depends(parsed(ItemIn))],
+) -> ItemOut:
+    """Create or replace a course. 201 when it is new, 200 when it replaced one."""
+    out, created = await ingest.put_item(session, item_id, item)
+    if created:
+        response.status_code = 201
+    return out
+
+
+@v1.post(
+    "/items/batch",
+    response_model=UpsertResult,
+    operation_id="put_items",
+    tags=["catalog"],
+    dependencies=[Depends(require("ingest"))],
+    openapi_extra=body_doc(ItemBatch),
+    responses=AUTH_RESPONSES,
+)
+async def put_items(
+    session: SessionDep, batch: Annotated[ItemBatch, Depends(parsed(ItemBatch))]
+) -> UpsertResult:
+    """Create or replace 1..1000 courses at once, all or nothing."""
+    return UpsertResult(upserted=await ingest.put_items(session, batch.items))
+
+
+@v1.get(
+    "/items/{item_id}",
+    response_model=ItemOut,
+    operation_id="get_item",
+    tags=["catalog"],
+    dependencies=[Depends(require("read"))],
+    responses={**AUTH_RESPONSES, 404: problem("not in the catalog")},
+)
+async def get_item(item_id: PathId, session: SessionDep) -> ItemOut:
+    return await ingest.get_item(session, item_id)
+
+
+@v1.delete(
+    "/items/{item_id}",
+    status_code=204,
+    operation_id="delete_item",
+    tags=["catalog"],
+    dependencies=[Depends(require("ingest"))],
+    responses={**AUTH_RESPONSES, 404: problem("not in the catalog")},
+)
+async def delete_item(item_id: PathId, session: SessionDep) -> Response:
+    """Remove a course from the catalog; it is never recommended again."""
+    await ingest.delete_item(session, item_id)
+    return Response(status_code=204)
+
+
+@v1.put(
+    "/users/{user_id}",
+    response_model=UserOut,
+    operation_id="put_user",
+    tags=["catalog"],
+    dependencies=[Depends(require("ingest"))],
+    openapi_extra=body_doc(UserIn),
+    responses={**AUTH_RESPONSES, 201: {"model": UserOut, "description": "created"}},
+)
+async def put_user(
+    user_id: PathId,
+    response: Response,
+    session: SessionDep,
+    user: Annotated[UserIn, Depends(parsed(UserIn))],
+) -> UserOut:
+    """Create or replace a learner's profile attributes."""
+    out, created = await ingest.put_user(session, user_id, user.attributes)
+    if created:
+        response.status_code = 201
+    return out
+
+
+@v1.get(
+    "/users/{user_id}",
+    response_model=UserOut,
+    operation_id="get_user",
+    tags=["catalog"],
+    dependencies=[Depends(require("read"))],
+    responses={**AUTH_RESPONSES, 404: problem("no profile and no events")},
+)
+async def get_user(user_id: PathId, session: SessionDep) -> UserOut:
+    """A learner's profile with event counts per type."""
+    return await ingest.get_user(session, user_id)
+
+
+@v1.delete(
+    "/users/{user_id}",
+    status_code=204,
+    operation_id="delete_user",
+    tags=["catalog"],
+    dependencies=[Depends(require("admin"))],
+    responses={**AUTH_RESPONSES, 404: problem("no profile and no events")},
+)
+async def delete_user(user_id: PathId, session: SessionDep) -> Response:
+    """Right to be forgotten: erase the learner's profile and all of their events."""
+    await ingest.delete_user(session, user_id)
+    return Response(status_code=204)

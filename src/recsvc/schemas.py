@@ -1,0 +1,241 @@
+"""Request and response bodies of the HTTP API (mirrored by openapi.yaml).
+
+Rules that depend on settings (allowed event types, batch size, context size, clock skew) read a
+`ValidationRules` passed as pydantic validation context, so the same models validate API bodies
+and `recsvc import` rows alike.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
+
+import orjson
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from recsvc.config import Settings
+
+Id = Annotated[str, Field(min_length=1, max_length=128)]
+Label = Annotated[str, Field(min_length=1, max_length=128)]
+
+
+@dataclass(frozen=True)
+class ValidationRules:
+    event_types: frozenset[str]
+    rating_event_type: str
+    max_batch_size: int
+    max_context_bytes: int
+    max_future: timedelta
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ValidationRules:
+        return cls(
+            event_types=frozenset(settings.event_types),
+            rating_event_type=settings.rating_event_type,
+            max_batch_size=settings.max_batch_size,
+            max_context_bytes=settings.max_context_bytes,
+            max_future=timedelta(seconds=settings.max_future_seconds),
+        )
+
+
+def _rules(info: ValidationInfo) -> ValidationRules | None:
+    return info.context.get("rules") if isinstance(info.context, dict) else None
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --- events -------------------------------------------------------------------------------------
+
+
+class EventIn(_Strict):
+    """One behaviour event. Field order matters: `value` is checked after `type`."""
+
+    event_id: Id | None = Field(None, description="idempotency key; a repeat is not stored again")
+    user_id: Id
+    item_id: Id
+    type: str = Field(description="one of the configured event types (GET /v1/event-types)")
+    value: float | None = Field(
+        None, allow_inf_nan=False, description="e.g. a rating 1..5 (required for `rate`)"
+    )
+    timestamp: AwareDatetime | None = Field(
+        None, description="RFC 3339 with offset; default: when recsvc received it"
+    )
+    context: dict[str, Any] | None = Field(None, description="free object, at most 4 KiB as JSON")
+
+    @field_validator("type")
+    @classmethod
+    def _known_type(cls, value: str, info: ValidationInfo) -> str:
+        rules = _rules(info)
+        if rules is not None and value not in rules.event_types:
+            allowed = sorted(rules.event_types)
+            raise PydanticCustomError(
+                "event_type",
+                "unknown event type '{type}'; allowed: {allowed_text}",
+                {"type": value, "allowed": allowed, "allowed_text": ", ".join(allowed)},
+            )
+        return value
+
+    @field_validator("value")
+    @classmethod
+    def _rating_in_range(cls, value: float | None, info: ValidationInfo) -> float | None:
+        rules = _rules(info)
+        if rules is not None and info.data.get("type") == rules.rating_event_type:
+            if value is None or not 1 <= value <= 5:
+                raise PydanticCustomError(
+                    "rating_value",
+                    "a {type} event needs a value from 1 to 5",
+                    {"type": rules.rating_event_type},
+                )
+        return value
+
+    @field_validator("timestamp")
+    @classmethod
+    def _not_in_future(cls, value: datetime | None, info: ValidationInfo) -> datetime | None:
+        rules = _rules(info)
+        if value is not None and rules is not None:
+            if value > datetime.now(UTC) + rules.max_future:
+                raise PydanticCustomError(
+                    "timestamp_future",
+                    "timestamp is more than {seconds} seconds in the future",
+                    {"seconds": int(rules.max_future.total_seconds())},
+                )
+        return value
+
+    @field_validator("context")
+    @classmethod
+    def _context_small(cls, value: dict[str, Any] | None, info: ValidationInfo) -> Any:
+        rules = _rules(info)
+        if value is not None and rules is not None:
+            size = len(orjson.dumps(value))
+            if size > rules.max_context_bytes:
+                raise PydanticCustomError(
+                    "context_too_large",
+                    "context is {size} bytes as JSON; the limit is {limit}",
+                    {"size": size, "limit": rules.max_context_bytes},
+                )
+        return value
+
+
+def _batch_size(value: Any, info: ValidationInfo) -> Any:
+    rules = _rules(info)
+    limit = rules.max_batch_size if rules is not None else 1000
+    if isinstance(value, list) and len(value) > limit:
+        raise PydanticCustomError(
+            "batch_too_large",
+            "a batch holds at most {limit} entries, this one has {size}",
+            {"limit": limit, "size": len(value)},
+        )
+    return value
+
+
+class EventBatch(_Strict):
+    events: list[EventIn] = Field(min_length=1, description="1..1000 events, stored all or none")
+
+    _check_size = field_validator("events", mode="before")(_batch_size)
+
+
+class IngestResult(BaseModel):
+    accepted: int = Field(description="events stored by this request")
+    duplicates: int = Field(description="events whose event_id was already stored")
+
+
+class EventTypes(BaseModel):
+    types: dict[str, float] = Field(description="allowed event types and their weights")
+    rating_type: str
+    negative_types: list[str]
+
+
+# --- catalog ------------------------------------------------------------------------------------
+
+
+class ItemIn(_Strict):
+    title: str = Field("", max_length=1000)
+    description: str = Field("", max_length=20000)
+    categories: list[Label] = Field(default_factory=list, max_length=64)
+    tags: list[Label] = Field(default_factory=list, max_length=256)
+    attributes: dict[str, Any] = Field(default_factory=dict, description="price, level, ...")
+    available: bool = Field(True, description="unavailable items are never recommended")
+    created_at: AwareDatetime | None = Field(
+        None, description="when the course was created; default: when first stored. Kept on updates"
+    )
+
+
+class ItemWithId(ItemIn):
+    item_id: Id
+
+
+class ItemBatch(_Strict):
+    items: list[ItemWithId] = Field(min_length=1)
+
+    _check_size = field_validator("items", mode="before")(_batch_size)
+
+
+class ItemOut(BaseModel):
+    item_id: str
+    title: str
+    description: str
+    categories: list[str]
+    tags: list[str]
+    attributes: dict[str, Any]
+    available: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+class UpsertResult(BaseModel):
+    upserted: int
+
+
+class UserIn(_Strict):
+    attributes: dict[str, Any] = Field(default_factory=dict, description="free profile object")
+
+
+class UserOut(BaseModel):
+    user_id: str
+    attributes: dict[str, Any]
+    created_at: datetime | None = Field(description="null for a user known only from events")
+    updated_at: datetime | None
+    n_events: int = 0
+    event_counts: dict[str, int] = Field(default_factory=dict, description="events per type")
+
+
+class FieldError(BaseModel):
+    loc: list[str | int] = Field(description='path to the field, e.g. ["events", 7, "type"]')
+    field: str = Field(description="the same path as text, e.g. events[7].type")
+    msg: str
+    type: str | None
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details, the body of every error (application/problem+json)."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    errors: list[FieldError] | None = Field(None, description="each invalid field (422)")
+
+
+# --- operations ---------------------------------------------------------------------------------
+
+
+class Health(BaseModel):
+    status: str
+
+
+class Readiness(BaseModel):
+    status: str = Field(description="ready or not_ready")
+    database: str = Field(description="ok, unreachable or not_migrated")
+    schema_revision: str | None
+    model: str = Field(description="loaded version, or none_trained")

@@ -1,0 +1,100 @@
+"""The `recsvc` command: migrate and import (CSV and JSON lines, same validation as the API)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import scalar
+from recsvc import cli
+from recsvc.config import get_settings
+
+
+@pytest.fixture
+def recsvc_env(database_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setenv("RECSVC_DATABASE_URL", database_url)
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
+
+
+def count(database_url: str, table: str) -> int:
+    return int(asyncio.run(scalar(database_url, f"SELECT count(*) FROM {table}")))  # noqa: S608
+
+
+def test_migrate_is_idempotent(recsvc_env: None, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["migrate"]) == 0
+    assert cli.main(["migrate"]) == 0
+    assert "revision 0001" in capsys.readouterr().out
+
+
+def test_import_events_csv_reports_rejected_lines(
+    recsvc_env: None, database_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "events.csv"
+    path.write_text(
+        "event_id,user_id,item_id,type,value,timestamp,context\n"
+        "e1,u1,c1,view,,2026-11-01T10:00:00Z,\n"
+        "e2,u1,c2,rate,4,1730000000,\n"  # unix seconds are accepted in files
+        "e3,u1,c3,teleport,,,\n"  # line 4: unknown type
+        "e4,,c3,view,,,\n"  # line 5: empty user_id
+        'e5,u2,c1,enroll,,,"{""channel"": ""app""}"\n'
+        "e1,u1,c1,view,,2026-11-01T10:00:00Z,\n",  # a repeat of e1
+        encoding="utf-8",
+    )
+    assert cli.main(["import", "events", str(path), "--quiet"]) == 1
+    out, err = capsys.readouterr()
+    assert "6 rows read, 3 stored, 1 duplicates skipped, 2 rejected" in out
+    assert "line 4: type: unknown event type 'teleport'" in err
+    assert "line 5: user_id" in err
+    assert count(database_url, "events") == 3
+
+
+def test_import_jsonl_items_and_users(
+    recsvc_env: None, database_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    items = tmp_path / "items.jsonl"
+    rows = [
+        {"item_id": "c1", "title": "Python数据分析", "categories": ["数据分析"]},
+        {"item_id": "c2", "title": "Machine Learning", "tags": ["ml"], "available": False},
+        {"title": "no id"},
+    ]
+    items.write_text(
+        "\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n{broken\n",
+        encoding="utf-8",
+    )
+    assert cli.main(["import", "items", str(items), "--quiet"]) == 1
+    out, err = capsys.readouterr()
+    assert "4 rows read, 2 stored" in out
+    assert "line 3: item_id" in err
+    assert "line 4: not valid JSON" in err
+    assert count(database_url, "items") == 2
+
+    users = tmp_path / "users.csv"
+    users.write_text("user_id,city,goal\nu1,杭州,转行\nu2,上海,兴趣\n", encoding="utf-8")
+    assert cli.main(["import", "users", str(users), "--quiet"]) == 0
+    assert count(database_url, "users") == 2
+
+
+def test_items_csv_lists_and_extra_columns(
+    recsvc_env: None, database_url: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "items.csv"
+    path.write_text(
+        "item_id,title,categories,tags,price,available\nc1,SQL入门,数据库,入门|sql,99,true\n",
+        encoding="utf-8",
+    )
+    assert cli.main(["import", "items", str(path), "--quiet"]) == 0
+    tags = asyncio.run(scalar(database_url, "SELECT tags FROM items"))
+    attributes = asyncio.run(scalar(database_url, "SELECT attributes FROM items"))
+    assert as_json(tags) == ["入门", "sql"]
+    assert as_json(attributes) == {"price": "99"}
+
+
+def as_json(value: object) -> object:
+    """JSON columns come back as text from SQLite and as objects from PostgreSQL."""
+    return json.loads(value) if isinstance(value, str) else value
