@@ -92,7 +92,8 @@ def recsvc_server(database_url: str, workers: int = 1, **env: str) -> Iterator[s
 
 def summary(values: Sequence[float], fmt: str = "{:,.0f}") -> str:
     """median (min–max)"""
-    return f"{fmt.format(statistics.median(values))} ({fmt.format(min(values))}–{fmt.format(max(values))})"
+    median, low, high = (fmt.format(v) for v in (statistics.median(values), *minmax(values)))
+    return f"{median} ({low}–{high})"
 
 
 def write_readme_section(name: str, body: str) -> None:
@@ -104,3 +105,7 @@ def write_readme_section(name: str, body: str) -> None:
         raise SystemExit(f"README.md has no <!-- bench:{name} --> markers")
     readme.write_text(pattern.sub(lambda m: m.group(1) + body + m.group(2), text_), "utf-8")
     print(f"README.md updated ({name})")
+
+
+def minmax(values: Sequence[float]) -> tuple[float, float]:
+    return min(values), max(values)

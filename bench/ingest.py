@@ -122,7 +122,9 @@ def main() -> None:
         run_once(base, make_bodies(0, 30, args.batch_size), args.connections)  # warm-up
         rates, client_cpu, sent = [], [], 30 * args.batch_size
         for run in range(1, args.repeats + 1):
-            result = run_once(base, make_bodies(run, args.batches, args.batch_size), args.connections)
+            result = run_once(
+                base, make_bodies(run, args.batches, args.batch_size), args.connections
+            )
             assert result["accepted"] == args.batches * args.batch_size, result
             sent += result["accepted"]
             rates.append(result["accepted"] / result["elapsed"])
