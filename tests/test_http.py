@@ -87,3 +87,15 @@ def test_openapi_yaml_matches_the_app() -> None:
     served = yaml.safe_load(committed.read_text(encoding="utf-8"))
     assert "/v1/events" in served["paths"]
     assert "EventIn" in served["components"]["schemas"]
+
+
+async def test_readiness_reports_an_unmigrated_database(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'empty.db'}"
+    app = create_app(Settings(database_url=url, auth_disabled=True))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://recsvc") as c:
+            ready = await c.get("/readyz")
+    assert ready.status_code == 503
+    assert ready.json()["database"] == "not_migrated"
+    assert "Retry-After" in ready.headers

@@ -12,9 +12,8 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import MetaData, event
+from sqlalchemy import Column, MetaData, String, Table, event, inspect, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -36,6 +35,10 @@ NAMING_CONVENTION = {
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+# Alembic's bookkeeping table, read by readiness checks (not part of Base.metadata).
+ALEMBIC_VERSION = Table("alembic_version", MetaData(), Column("version_num", String(32)))
 
 
 def is_sqlite(url: str) -> bool:
@@ -101,9 +104,13 @@ async def upgrade(url: str) -> None:
 
 
 def _current_revision(conn: Connection) -> str | None:
-    return MigrationContext.configure(conn).get_current_revision()
+    # Not MigrationContext.configure: it logs at INFO on every call, and readiness probes poll.
+    if not inspect(conn).has_table("alembic_version"):
+        return None
+    return conn.execute(select(ALEMBIC_VERSION.c.version_num)).scalar()
 
 
 async def current_revision(engine: AsyncEngine) -> str | None:
+    """The schema revision the database is at (None before the first migration)."""
     async with engine.connect() as conn:
         return await conn.run_sync(_current_revision)
