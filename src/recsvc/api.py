@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import pathlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated, Any, TypeVar
 
@@ -9,11 +11,13 @@ from fastapi import APIRouter, Depends, Path, Request, Response
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from recsvc import db, ingest, metrics
+from recsvc import artifact, db, ingest, jobs, metrics, registry
 from recsvc.auth import require, require_metrics_access
 from recsvc.config import Settings
 from recsvc.errors import (
+    Conflict,
     InvalidInput,
+    NotFound,
     ServiceUnavailable,
     is_database_unavailable,
     validation_errors,
@@ -26,8 +30,12 @@ from recsvc.schemas import (
     ItemBatch,
     ItemIn,
     ItemOut,
+    JobOut,
+    ModelVersionList,
+    ModelVersionOut,
     Problem,
     Readiness,
+    TrainRequest,
     UpsertResult,
     UserIn,
     UserOut,
@@ -59,13 +67,14 @@ SessionDep = Annotated[AsyncSession, Depends(_session)]
 
 # Schemas the routes refer to by hand (bodies parsed in `parsed`, problem documents);
 # app.py adds them to openapi.yaml.
-DOC_MODELS: list[type[BaseModel]] = [EventBatch, ItemIn, ItemBatch, UserIn, Problem]
+DOC_MODELS: list[type[BaseModel]] = [EventBatch, ItemIn, ItemBatch, UserIn, TrainRequest, Problem]
 
 
-def body_doc(model: type[BaseModel]) -> dict[str, Any]:
+def body_doc(model: type[BaseModel], required: bool = True) -> dict[str, Any]:
     """openapi_extra for a route that parses its body itself."""
     ref = {"$ref": f"#/components/schemas/{model.__name__}"}
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}}
+    content = {"application/json": {"schema": ref}}
+    return {"requestBody": {"required": required, "content": content}}
 
 
 def parsed(model: type[Model]) -> Callable[[Request], Awaitable[Model]]:
@@ -314,3 +323,89 @@ async def delete_user(user_id: PathId, session: SessionDep) -> Response:
     """Right to be forgotten: erase the learner's profile and all of their events."""
     await ingest.delete_user(session, user_id)
     return Response(status_code=204)
+
+
+# Models
+
+
+@v1.post(
+    "/models/train",
+    status_code=202,
+    response_model=JobOut,
+    operation_id="train_model",
+    tags=["models"],
+    dependencies=[Depends(require("admin"))],
+    openapi_extra=body_doc(TrainRequest, required=False),
+    responses={**AUTH_RESPONSES, 409: problem("a training job is already queued or running")},
+)
+async def train(request: Request, session: SessionDep) -> JobOut:
+    """Start a training job in the background (one at a time); poll GET /v1/models/jobs/{id}."""
+    body = await request.body()
+    options = await parsed(TrainRequest)(request) if body.strip() else TrainRequest()
+    job = await registry.create_job(
+        session, options.force, request.app.state.settings.job_stale_after
+    )
+    jobs.start(request.app, job.job_id, options.force)
+    return job
+
+
+@v1.get(
+    "/models/jobs/{job_id}",
+    response_model=JobOut,
+    operation_id="get_training_job",
+    tags=["models"],
+    dependencies=[Depends(require("read"))],
+    responses={**AUTH_RESPONSES, 404: problem("no such job")},
+)
+async def get_training_job(job_id: PathId, session: SessionDep) -> JobOut:
+    return await registry.get_job(session, job_id)
+
+
+@v1.get(
+    "/models",
+    response_model=ModelVersionList,
+    operation_id="list_models",
+    tags=["models"],
+    dependencies=[Depends(require("read"))],
+    responses=AUTH_RESPONSES,
+)
+async def list_models(session: SessionDep) -> ModelVersionList:
+    """Model versions, newest first, with parameters, data sizes, offline metrics, status."""
+    return ModelVersionList(versions=await registry.list_versions(session))
+
+
+@v1.get(
+    "/models/active",
+    response_model=ModelVersionOut,
+    operation_id="get_active_model",
+    tags=["models"],
+    dependencies=[Depends(require("read"))],
+    responses={**AUTH_RESPONSES, 404: problem("no model is active yet")},
+)
+async def get_active_model(session: SessionDep) -> ModelVersionOut:
+    active = await registry.active_version(session)
+    if active is None:
+        raise NotFound("no model is active yet: train one with POST /v1/models/train")
+    return active
+
+
+@v1.post(
+    "/models/{version}/activate",
+    response_model=ModelVersionOut,
+    operation_id="activate_model",
+    tags=["models"],
+    dependencies=[Depends(require("admin"))],
+    responses={
+        **AUTH_RESPONSES,
+        404: problem("no such version"),
+        409: problem("its artifact is missing or corrupt"),
+    },
+)
+async def activate_model(version: PathId, session: SessionDep) -> ModelVersionOut:
+    """Serve this version (roll back or forward). Its files are verified first."""
+    target = await registry.get_version(session, version)
+    try:
+        await asyncio.to_thread(artifact.verify, pathlib.Path(target.artifact_path))
+    except artifact.ArtifactError as exc:
+        raise Conflict(f"version {version} cannot be activated: {exc}") from None
+    return await registry.activate(session, version)

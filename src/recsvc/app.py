@@ -6,6 +6,7 @@ the database at import time.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -16,7 +17,7 @@ from fastapi.openapi.utils import get_openapi
 from pydantic.json_schema import models_json_schema
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from recsvc import __version__, db
+from recsvc import __version__, db, jobs
 from recsvc.api import DOC_MODELS, ops, v1
 from recsvc.config import Settings, get_settings
 from recsvc.errors import PayloadTooLarge, install_handlers, problem_response
@@ -68,9 +69,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         engine = db.make_engine(settings.database_url)
         app.state.engine = engine
         app.state.sessionmaker = db.make_sessionmaker(engine)
+        app.state.background = set()
+        if settings.train_interval_seconds:
+            jobs.start_schedule(app, settings.train_interval_seconds)
         try:
             yield
         finally:
+            # A job cut short here is noticed by its stale heartbeat and reported as failed.
+            background = list(app.state.background)
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
             await engine.dispose()
 
     app = FastAPI(

@@ -182,7 +182,10 @@ async def run_import(
                 report.stored += await ingest.put_users(session, pending)
         pending.clear()
 
-    bar = tqdm(unit=" rows", disable=not progress, file=sys.stderr, desc=f"import {kind}")
+    # disable=None: a bar on a terminal, nothing in logs or pipes.
+    bar = tqdm(
+        unit=" rows", disable=None if progress else True, file=sys.stderr, desc=f"import {kind}"
+    )
     for number, row in rows:
         report.read += 1
         bar.update(1)

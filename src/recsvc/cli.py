@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import math
 import sys
 from pathlib import Path
 
@@ -85,6 +86,134 @@ def cmd_import(args: argparse.Namespace) -> int:
     return asyncio.run(go())
 
 
+METRIC_ORDER = ("ndcg@10", "precision@10", "recall@10", "map@10", "coverage")
+
+
+def metrics_table(rows: dict[str, dict[str, float] | None]) -> str:
+    """Model rows x metric columns, as plain text."""
+    header = f"{'model':<22}" + "".join(f"{name:>14}" for name in METRIC_ORDER)
+    lines = [header, "-" * len(header)]
+    for label, values in rows.items():
+        if values is not None:
+            lines.append(
+                f"{label:<22}" + "".join(f"{values.get(m, math.nan):>14.4f}" for m in METRIC_ORDER)
+            )
+    return "\n".join(lines)
+
+
+async def _train(settings: Settings, force: bool) -> int:
+    """Run one training job to its end and print what happened; the exit code."""
+    from recsvc import pipeline, registry
+    from recsvc.errors import Conflict
+
+    await db.upgrade(settings.database_url)
+    engine = db.make_engine(settings.database_url)
+    sessionmaker = db.make_sessionmaker(engine)
+    try:
+        async with sessionmaker() as session:
+            try:
+                job = await registry.create_job(session, force, settings.job_stale_after)
+            except Conflict as exc:
+                print(f"recsvc train: {exc.detail}", file=sys.stderr)
+                return 2
+        print(f"training job {job.job_id} started", file=sys.stderr)
+        try:
+            outcome = await pipeline.run_job(settings, sessionmaker, job.job_id, force)
+        except Exception as exc:
+            print(f"recsvc train: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+            return 1
+    finally:
+        await engine.dispose()
+    print(
+        f"version {outcome.version}: {outcome.n_users:,} users, {outcome.n_items:,} items, "
+        f"{outcome.n_events:,} events"
+    )
+    print(
+        metrics_table({"als (candidate)": outcome.metrics, "popularity": outcome.baseline_metrics})
+    )
+    comparison = outcome.comparison
+    if comparison is not None:
+        basis = (
+            f"on the holdout pairs of {comparison.n_users:,} users it never trained on"
+            if comparison.basis == "unseen_pairs"
+            else "each on its own holdout (no new data since the active model)"
+        )
+        print(f"\ncandidate vs active {outcome.active_version}, {basis}:")
+        print(metrics_table({"candidate": comparison.candidate, "active": comparison.active}))
+    stages = ", ".join(f"{name} {sec:.2f}s" for name, sec in outcome.seconds.items())
+    print(f"stages: {stages}")
+    if outcome.activated:
+        print(f"activated {outcome.version}" + (" (forced)" if force else ""))
+    else:
+        print(
+            f"not activated: worse than {outcome.active_version} on ndcg@10 (activate it anyway "
+            f"with --force or POST /v1/models/{outcome.version}/activate)"
+        )
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    return asyncio.run(_train(_settings(), args.force))
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    import json
+    import os
+    import secrets
+    import tempfile
+
+    from recsvc import ingest
+    from recsvc.bulk import run_import
+    from recsvc.demo_data import generate, write_jsonl
+    from recsvc.schemas import ValidationRules
+
+    if not os.environ.get("RECSVC_API_KEYS"):
+        key = f"demo-{secrets.token_urlsafe(12)}"
+        os.environ["RECSVC_API_KEYS"] = json.dumps({key: ["admin", "read", "ingest"]})
+        get_settings.cache_clear()
+    else:
+        key = next(iter(_settings().api_keys))
+    settings = _settings()
+
+    async def load() -> None:
+        await db.upgrade(settings.database_url)
+        engine = db.make_engine(settings.database_url)
+        sessionmaker = db.make_sessionmaker(engine)
+        try:
+            async with sessionmaker() as session:
+                if (await ingest.count_events(session)) > 0:
+                    print("the database already holds events; not loading the demo set again")
+                    return
+            print("generating the demo data set (courses, learners, behaviour) ...")
+            with tempfile.TemporaryDirectory() as tmp:
+                files = write_jsonl(generate(), tmp)
+                rules = ValidationRules.from_settings(settings)
+                for kind in ("items", "users", "events"):
+                    report = await run_import(kind, str(files[kind]), sessionmaker, rules)
+                    print(f"loaded {report.stored:,} {kind}")
+        finally:
+            await engine.dispose()
+
+    asyncio.run(load())
+    if asyncio.run(_train(settings, force=False)) != 0:
+        return 1
+    base = f"http://{args.host}:{args.port}"
+    print(
+        f"""
+recsvc demo is starting on {base} (docs: {base}/docs)
+API key (admin, read, ingest): {key}
+
+  curl -s '{base}/v1/users/u00042/recommendations?n=5&explain=true' -H 'X-API-Key: {key}'
+  curl -s {base}/v1/models/active -H 'X-API-Key: {key}'
+  curl -s -X POST {base}/v1/events -H 'X-API-Key: {key}' -H 'content-type: application/json' \\
+       -d '{{"events": [{{"user_id": "u00042", "item_id": "c0001", "type": "enroll"}}]}}'
+"""
+    )
+    args.workers = 1
+    args.log_level = "warning"
+    return cmd_serve(args)
+
+
 def cmd_openapi(args: argparse.Namespace) -> int:
     from recsvc.app import create_app
     from recsvc.openapi import render_yaml
@@ -135,6 +264,27 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--show-rejected", type=int, default=20, help="rejected rows to print")
     imp.add_argument("--quiet", action="store_true", help="no progress bar")
     imp.set_defaults(func=cmd_import)
+
+    train = sub.add_parser(
+        "train",
+        help="train a model from the stored events, evaluate it, activate it if not worse",
+        description="Builds features from all events, evaluates ALS against the popularity "
+        "baseline and the active model on a holdout of each user's newest interactions, refits "
+        "on all data, saves models/<version>/ and activates it unless it is worse than the "
+        "active model on ndcg@10. Exit code 1 when training fails, 2 when a job is running.",
+    )
+    train.add_argument("--force", action="store_true", help="activate even if worse")
+    train.set_defaults(func=cmd_train)
+
+    demo = sub.add_parser(
+        "demo",
+        help="load the bundled online-education data set, train, and serve, in one command",
+        description="Uses RECSVC_DATABASE_URL (default ./recsvc.db). Prints an API key (or uses "
+        "the first of RECSVC_API_KEYS) and example curl calls.",
+    )
+    demo.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    demo.add_argument("--port", type=int, default=8000, help="port to listen on")
+    demo.set_defaults(func=cmd_demo)
 
     spec = sub.add_parser("openapi", help="write the OpenAPI document the service serves")
     spec.add_argument("-o", "--output", default="openapi.yaml", help="file, or - for stdout")

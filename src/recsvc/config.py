@@ -6,10 +6,11 @@ Nothing runs at import: call `get_settings()` (cached) or build `Settings(...)` 
 from __future__ import annotations
 
 import functools
+from datetime import timedelta
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Scope = Literal["ingest", "read", "admin"]
@@ -32,7 +33,9 @@ DEFAULT_EVENT_WEIGHTS: dict[str, float] = {
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="RECSVC_", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(
+        env_prefix="RECSVC_", extra="ignore", frozen=True, populate_by_name=True
+    )
 
     # Storage
     database_url: str = Field(
@@ -70,6 +73,36 @@ class Settings(BaseSettings):
         None, description="ratings below this count as negative (off by default)"
     )
 
+    # Features (DESIGN.md section 4)
+    half_life_days: float | None = Field(
+        None, gt=0, description="exponential decay of event weights with age; unset: no decay"
+    )
+    weight_cap: float | None = Field(20.0, gt=0, description="cap of a (user, item) weight sum")
+    min_user_interactions: int = Field(1, ge=0, description="users with fewer items: cold start")
+    min_item_interactions: int = Field(1, ge=0, description="items with fewer users: not in ALS")
+    popularity_window_days: float = Field(30.0, gt=0, description="window of recent popularity")
+
+    # Training (DESIGN.md section 5); defaults measured on MovieLens-100k, see README
+    als_factors: int = Field(64, ge=1, le=1024)
+    als_regularization: float = Field(30.0, ge=0)
+    als_alpha: float = Field(2.0, ge=0, description="confidence = 1 + alpha * f(weight)")
+    als_iterations: int = Field(15, ge=1, le=200)
+    als_confidence: Literal["log1p", "bm25"] = Field("log1p", description="f in the confidence")
+    als_threads: int = Field(1, ge=1, description="implicit's num_threads during fit")
+    random_seed: int = Field(42, description="seeds the holdout split and ALS")
+    holdout_fraction: float = Field(0.2, gt=0, lt=1, description="newest share of each user")
+    eval_max_users: int | None = Field(50_000, ge=1, description="users sampled for metrics")
+    keep_versions: int = Field(5, ge=1, description="model versions kept on disk")
+    job_stale_seconds: float = Field(
+        120, ge=1, description="a job silent this long (killed process) no longer blocks training"
+    )
+    train_interval_seconds: int | None = Field(
+        None,
+        ge=60,
+        validation_alias=AliasChoices("RECSVC_TRAIN_INTERVAL", "RECSVC_TRAIN_INTERVAL_SECONDS"),
+        description="seconds between scheduled trainings (RECSVC_TRAIN_INTERVAL); unset: off",
+    )
+
     # Operations
     db_retry_after_seconds: int = Field(5, ge=1, description="Retry-After sent with 503")
 
@@ -87,6 +120,10 @@ class Settings(BaseSettings):
         if unknown:
             raise ValueError(f"event types missing from event_weights: {sorted(unknown)}")
         return self
+
+    @property
+    def job_stale_after(self) -> timedelta:
+        return timedelta(seconds=self.job_stale_seconds)
 
     @property
     def event_types(self) -> list[str]:

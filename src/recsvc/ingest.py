@@ -9,11 +9,23 @@ the hot write path to one INSERT.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import DateTime, Float, String, bindparam, delete, func, select, text, update
+from sqlalchemy import (
+    DateTime,
+    Float,
+    String,
+    bindparam,
+    delete,
+    extract,
+    func,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -253,3 +265,77 @@ async def delete_user(session: AsyncSession, user_id: str) -> int:
     if erased.rowcount == 0 and profile.rowcount == 0:
         raise NotFound(f"user {user_id!r} has no profile and no events")
     return int(erased.rowcount)
+
+
+async def count_events(session: AsyncSession) -> int:
+    return int(await session.scalar(select(func.count()).select_from(EVENTS)) or 0)
+
+
+# --- reads for training -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EventTable:
+    """All events as columns (what features.EventColumns is built from)."""
+
+    user_ids: list[str]
+    item_ids: list[str]
+    types: list[str]
+    values: list[float | None]
+    occurred_at: list[float]  # unix seconds
+    max_received_at: datetime | None  # the newest event this snapshot includes
+
+
+async def read_events(session: AsyncSession, chunk_rows: int = 200_000) -> EventTable:
+    """Stream every event in one query, chunk by chunk, so millions of rows are not held as
+    row objects at once."""
+    epoch = extract("epoch", EVENTS.c.occurred_at)
+    query = select(
+        EVENTS.c.user_id, EVENTS.c.item_id, EVENTS.c.type, EVENTS.c.value, epoch
+    ).execution_options(yield_per=chunk_rows)
+    columns: tuple[list[Any], ...] = ([], [], [], [], [])
+    result = await session.stream(query)
+    async for chunk in result.partitions():
+        for column, values in zip(columns, zip(*chunk, strict=True), strict=True):
+            column.extend(values)
+    newest = await session.scalar(select(func.max(EVENTS.c.received_at)))
+    users, items, types, values, occurred = columns
+    return EventTable(
+        users,
+        items,
+        types,
+        values,
+        [float(t) for t in occurred],
+        as_utc(newest) if newest is not None else None,
+    )
+
+
+@dataclass(frozen=True)
+class CatalogItem:
+    item_id: str
+    text: tuple[str, str, list[str], list[str]]  # title, description, tags, categories
+    categories: list[str]
+    recommendable: bool  # available and not deleted
+
+
+async def read_catalog(session: AsyncSession) -> list[CatalogItem]:
+    rows = await session.execute(
+        select(
+            ITEMS.c.id,
+            ITEMS.c.title,
+            ITEMS.c.description,
+            ITEMS.c.tags,
+            ITEMS.c.categories,
+            ITEMS.c.available,
+            ITEMS.c.deleted_at,
+        ).order_by(ITEMS.c.id)
+    )
+    return [
+        CatalogItem(
+            item_id=row.id,
+            text=(row.title, row.description, row.tags, row.categories),
+            categories=row.categories,
+            recommendable=bool(row.available) and row.deleted_at is None,
+        )
+        for row in rows
+    ]

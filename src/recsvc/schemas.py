@@ -210,6 +210,42 @@ class UserOut(BaseModel):
     event_counts: dict[str, int] = Field(default_factory=dict, description="events per type")
 
 
+# --- models -------------------------------------------------------------------------------------
+
+
+class ModelVersionOut(BaseModel):
+    version: str
+    status: str = Field(description="active, inactive or rejected")
+    created_at: datetime
+    activated_at: datetime | None
+    params: dict[str, Any] = Field(description="hyperparameters of the fit")
+    n_users: int
+    n_items: int
+    n_events: int
+    metrics: dict[str, Any] = Field(description="the candidate's offline metrics on the holdout")
+    baseline_metrics: dict[str, Any] = Field(description="the popularity baseline's, same holdout")
+    artifact_path: str
+
+
+class ModelVersionList(BaseModel):
+    versions: list[ModelVersionOut]
+
+
+class TrainRequest(_Strict):
+    force: bool = Field(False, description="activate even if worse than the active model")
+
+
+class JobOut(BaseModel):
+    job_id: str
+    state: str = Field(description="queued, running, succeeded or failed")
+    force: bool
+    version: str | None = Field(description="the version trained, once known")
+    error: str | None = Field(description="why the job failed")
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
 class FieldError(BaseModel):
     loc: list[str | int] = Field(description='path to the field, e.g. ["events", 7, "type"]')
     field: str = Field(description="the same path as text, e.g. events[7].type")

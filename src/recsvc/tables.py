@@ -98,6 +98,10 @@ class TrainingJob(Base):
 
     job_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     state: Mapped[str] = mapped_column(String(16))  # queued, running, succeeded, failed
+    # "busy" while queued or running, NULL once finished: the unique constraint lets at most one
+    # job hold it, so "one job at a time" holds across API workers and CLI runs.
+    slot: Mapped[str | None] = mapped_column(String(8), unique=True, nullable=True)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
     force: Mapped[bool] = mapped_column(Boolean, default=False)
     version: Mapped[str | None] = mapped_column(String(64), nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)

@@ -1,0 +1,52 @@
+"""Background work inside a serving process: training jobs started over HTTP, and the optional
+training schedule (RECSVC_TRAIN_INTERVAL). Both run the same pipeline as `recsvc train`.
+
+Training competes with serving for the CPU; on a busy service run `recsvc train` as its own
+process (a cron job or a scheduled container) instead: it needs only the database and the
+models folder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from fastapi import FastAPI
+
+from recsvc import pipeline, registry
+from recsvc.config import Settings
+from recsvc.errors import Conflict
+
+log = logging.getLogger("recsvc.jobs")
+
+
+def start(app: FastAPI, job_id: str, force: bool) -> None:
+    """Run a queued job in the background of this process."""
+    task = asyncio.create_task(
+        pipeline.run_job(app.state.settings, app.state.sessionmaker, job_id, force)
+    )
+    tasks: set[asyncio.Task[object]] = app.state.background
+    tasks.add(task)
+    # The job records its own error; retrieving it here keeps asyncio from warning about it.
+    task.add_done_callback(lambda done: (tasks.discard(done), done.cancelled() or done.exception()))
+
+
+async def schedule(app: FastAPI, interval_seconds: int) -> None:
+    """Train every `interval_seconds`; with several workers or replicas the unique job slot
+    makes sure only one of them trains at a time."""
+    settings: Settings = app.state.settings
+    while True:
+        await asyncio.sleep(interval_seconds)
+        try:
+            async with app.state.sessionmaker() as session:
+                job = await registry.create_job(session, False, settings.job_stale_after)
+            await pipeline.run_job(settings, app.state.sessionmaker, job.job_id, False)
+        except Conflict:
+            log.info("scheduled training skipped: another job is running")
+        except Exception:
+            log.exception("scheduled training failed")
+
+
+def start_schedule(app: FastAPI, interval_seconds: int) -> None:
+    task = asyncio.create_task(schedule(app, interval_seconds))
+    app.state.background.add(task)

@@ -1,0 +1,268 @@
+"""The training pipeline, one path behind `recsvc train`, POST /v1/models/train and the schedule:
+
+    events + catalog (one streaming query each) -> features.build_interactions
+    -> training.train_model (holdout: candidate vs popularity vs active model, then refit on all)
+    -> artifact.save (models/<version>/, atomic) -> registry (record; activate if not worse)
+    -> prune old versions
+
+The CPU-heavy middle runs in a worker thread; the job's heartbeat keeps ticking meanwhile, so a
+job whose process dies is noticed (RECSVC_JOB_STALE_SECONDS) instead of blocking training forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from recsvc import artifact, ingest, registry
+from recsvc.config import Settings
+from recsvc.features import EventColumns, FeatureConfig, TextIndex, build_interactions, item_text
+from recsvc.training import ActiveModel, ALSParams, Comparison, is_not_worse, train_model
+
+log = logging.getLogger("recsvc.pipeline")
+
+
+def feature_config(settings: Settings) -> FeatureConfig:
+    return FeatureConfig(
+        event_weights=settings.event_weights,
+        rating_type=settings.rating_event_type,
+        negative_types=frozenset(settings.negative_event_types),
+        rating_negative_below=settings.rating_negative_below,
+        half_life_days=settings.half_life_days,
+        weight_cap=settings.weight_cap,
+        min_user_interactions=settings.min_user_interactions,
+        min_item_interactions=settings.min_item_interactions,
+        popularity_window_days=settings.popularity_window_days,
+    )
+
+
+def als_params(settings: Settings) -> ALSParams:
+    return ALSParams(
+        factors=settings.als_factors,
+        regularization=settings.als_regularization,
+        alpha=settings.als_alpha,
+        iterations=settings.als_iterations,
+        confidence=settings.als_confidence,
+        random_state=settings.random_seed,
+        num_threads=settings.als_threads,
+    )
+
+
+@dataclass
+class TrainingOutcome:
+    version: str
+    activated: bool
+    status: str  # active or rejected
+    metrics: dict[str, float]
+    baseline_metrics: dict[str, float]
+    comparison: Comparison | None
+    active_version: str | None
+    n_users: int
+    n_items: int
+    n_events: int
+    path: Path
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class _Fitted:
+    artifact: artifact.ModelArtifact
+    comparison: Comparison | None
+    path: Path
+    seconds: dict[str, float]
+
+
+def _load_active(path: str | None) -> ActiveModel | None:
+    if path is None:
+        return None
+    try:
+        loaded = artifact.load(Path(path))
+    except artifact.ArtifactError as exc:
+        log.warning("the active model cannot be loaded (%s); comparing without it", exc)
+        return None
+    return ActiveModel(
+        users=loaded.users,
+        items=loaded.items,
+        item_factors=loaded.item_factors,
+        user_items=loaded.user_items,
+        params=loaded.params,
+        metrics=dict(loaded.metrics),
+    )
+
+
+def _fit_and_save(
+    settings: Settings,
+    table: ingest.EventTable,
+    catalog: list[ingest.CatalogItem],
+    active_path: str | None,
+) -> _Fitted:
+    """The CPU-bound part: no database, no event loop."""
+    clock = time.perf_counter
+    seconds: dict[str, float] = {}
+
+    start = clock()
+    events = EventColumns.from_lists(
+        table.user_ids, table.item_ids, table.types, table.occurred_at, table.values
+    )
+    interactions = build_interactions(events, feature_config(settings))
+    seconds["features"] = clock() - start
+
+    trained = train_model(
+        interactions,
+        als_params(settings),
+        holdout_fraction=settings.holdout_fraction,
+        seed=settings.random_seed,
+        active=_load_active(active_path),
+        max_eval_users=settings.eval_max_users,
+    )
+    seconds.update(trained.seconds)
+
+    start = clock()
+    text_index = None
+    if catalog:
+        text_index = TextIndex().fit(
+            [c.item_id for c in catalog], [item_text(*c.text) for c in catalog]
+        )
+    seconds["text_index"] = clock() - start
+
+    start = clock()
+    version = artifact.new_version()
+    extra: dict[str, Any] = {
+        "feature_config": {
+            "half_life_days": settings.half_life_days,
+            "weight_cap": settings.weight_cap,
+            "min_user_interactions": settings.min_user_interactions,
+            "min_item_interactions": settings.min_item_interactions,
+            "holdout_fraction": settings.holdout_fraction,
+        },
+        # Serving folds in events received after this moment (DESIGN.md section 2).
+        "events_until": table.max_received_at.isoformat() if table.max_received_at else None,
+        "n_test_users": trained.n_test_users,
+    }
+    model = artifact.ModelArtifact.from_training(version, trained, interactions, text_index, extra)
+    path = artifact.save(model, settings.models_dir)
+    seconds["save"] = clock() - start
+    return _Fitted(model, trained.comparison, path, seconds)
+
+
+async def _heartbeat(
+    sessionmaker: async_sessionmaker[AsyncSession], job_id: str, interval: float
+) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            async with sessionmaker() as session, session.begin():
+                await registry.job_heartbeat(session, job_id)
+        except Exception as exc:  # a missed beat is not a failed training
+            log.warning("job heartbeat failed: %s", exc)
+
+
+async def run_training(
+    settings: Settings,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    *,
+    force: bool = False,
+    job_id: str | None = None,
+) -> TrainingOutcome:
+    clock = time.perf_counter
+    start = clock()
+    async with sessionmaker() as session:
+        table = await ingest.read_events(session)
+        catalog = await ingest.read_catalog(session)
+        active = await registry.active_version(session)
+    query_seconds = clock() - start
+    if not table.user_ids:
+        raise ValueError("there are no events to train on yet")
+
+    beat = None
+    if job_id:
+        # Several beats fit in the stale window, so one slow database write is not fatal.
+        interval = min(5.0, settings.job_stale_seconds / 4)
+        beat = asyncio.create_task(_heartbeat(sessionmaker, job_id, interval))
+    try:
+        fitted = await asyncio.to_thread(
+            _fit_and_save, settings, table, catalog, active.artifact_path if active else None
+        )
+    finally:
+        if beat is not None:
+            beat.cancel()
+    model = fitted.artifact
+    metrics = dict(model.metrics)
+    activate = force or is_not_worse(fitted.comparison)
+
+    start = clock()
+    async with sessionmaker() as session, session.begin():
+        await registry.record_version(
+            session,
+            version=model.version,
+            status="inactive" if activate else "rejected",
+            params=model.params.to_dict(),
+            metrics=metrics,
+            baseline_metrics=dict(model.baseline_metrics),
+            n_users=model.n_users,
+            n_items=model.n_items,
+            n_events=model.n_events,
+            artifact_path=str(fitted.path),
+        )
+        if activate:
+            await registry.activate(session, model.version)
+        if job_id:
+            await registry.job_heartbeat(session, job_id, version=model.version)
+    await prune(settings, sessionmaker)
+    seconds = {"query": query_seconds, **fitted.seconds, "record": clock() - start}
+    return TrainingOutcome(
+        version=model.version,
+        activated=activate,
+        status="active" if activate else "rejected",
+        metrics=metrics,
+        baseline_metrics=dict(model.baseline_metrics),
+        comparison=fitted.comparison,
+        active_version=active.version if active else None,
+        n_users=model.n_users,
+        n_items=model.n_items,
+        n_events=model.n_events,
+        path=fitted.path,
+        seconds=seconds,
+    )
+
+
+async def prune(settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    """Keep the newest `keep_versions` folders and the active one; forget the rest."""
+    async with sessionmaker() as session, session.begin():
+        active = await registry.active_version(session)
+        on_disk = artifact.list_versions(settings.models_dir)
+        keep = artifact.newest_versions(
+            on_disk, settings.keep_versions, always=[active.version] if active else []
+        )
+        removed = artifact.prune(settings.models_dir, keep)
+        await registry.forget_versions(session, removed)
+
+
+async def run_job(
+    settings: Settings,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    job_id: str,
+    force: bool,
+) -> TrainingOutcome:
+    """Run a queued job to its end, recording success or the error in training_jobs (and
+    re-raising it)."""
+    async with sessionmaker() as session, session.begin():
+        await registry.job_started(session, job_id)
+    try:
+        outcome = await run_training(settings, sessionmaker, force=force, job_id=job_id)
+    except Exception as exc:
+        log.exception("training job %s failed", job_id)
+        async with sessionmaker() as session, session.begin():
+            await registry.job_finished(
+                session, job_id, version=None, error=f"{type(exc).__name__}: {exc}"
+            )
+        raise
+    async with sessionmaker() as session, session.begin():
+        await registry.job_finished(session, job_id, version=outcome.version, error=None)
+    return outcome

@@ -1,0 +1,187 @@
+"""artifact: atomic save, checksummed load, clear errors, version names, pruning."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from recsvc import artifact
+from recsvc.artifact import (
+    ArtifactError,
+    ModelArtifact,
+    list_versions,
+    load,
+    new_version,
+    newest_versions,
+    prune,
+    save,
+)
+from recsvc.features import EventColumns, FeatureConfig, TextIndex, build_interactions
+from recsvc.training import ALSParams, train_model
+
+
+@pytest.fixture(scope="module")
+def model() -> ModelArtifact:
+    users = [f"u{u}" for u in range(12) for _ in range(4)]
+    items = [f"c{(u % 2) * 4 + j}" for u in range(12) for j in range(4)]
+    ev = EventColumns.from_lists(
+        users + ["u0", "u1", "u1"], items + ["c7", "c4", "c5"],
+        ["view"] * len(users) + ["dislike", "purchase", "favorite"],
+        [float(i) for i in range(len(users) + 3)],
+    )  # fmt: skip
+    interactions = build_interactions(ev, FeatureConfig())
+    trained = train_model(interactions, ALSParams(factors=3, iterations=3), 0.25, seed=0)
+    texts = TextIndex().fit(list(interactions.items.ids), [f"课程 {i}" for i in range(8)])
+    return ModelArtifact.from_training(
+        "20261128T101500-3f2a", trained, interactions, texts, extra={"note": "测试"}
+    )
+
+
+def test_round_trip_keeps_everything(model: ModelArtifact, tmp_path: Path) -> None:
+    path = save(model, tmp_path)
+    assert path == tmp_path / model.version
+    loaded = load(path)
+    assert loaded.version == model.version and loaded.params == model.params
+    assert loaded.users == model.users and loaded.items == model.items
+    np.testing.assert_array_equal(loaded.user_factors, model.user_factors)
+    np.testing.assert_array_equal(loaded.item_factors, model.item_factors)
+    assert (loaded.user_items != model.user_items).nnz == 0
+    assert (loaded.negatives != model.negatives).nnz == 0 and loaded.negatives.nnz == 1
+    assert (loaded.consumed != model.consumed).nnz == 0 and loaded.consumed.shape == (12, 8)
+    np.testing.assert_array_equal(loaded.popularity, model.popularity)
+    np.testing.assert_array_equal(loaded.recent_popularity, model.recent_popularity)
+    assert loaded.metrics == model.metrics and loaded.baseline_metrics == model.baseline_metrics
+    assert loaded.n_events == model.n_events and loaded.extra == {"note": "测试"}
+    assert loaded.text_index is not None and model.text_index is not None
+    np.testing.assert_allclose(loaded.text_index.query("课程 3"), model.text_index.query("课程 3"))
+
+
+def test_manifest_describes_the_model_and_checksums_every_file(
+    model: ModelArtifact, tmp_path: Path
+) -> None:
+    path = save(model, tmp_path)
+    manifest = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
+    for key in ("version", "params", "n_users", "n_items", "n_events", "metrics",
+                "baseline_metrics", "created_at", "code_version"):  # fmt: skip
+        assert key in manifest
+    assert manifest["params"]["factors"] == 3
+    assert manifest["n_users"] == model.n_users and manifest["n_items"] == model.n_items
+    files = {p.name for p in path.iterdir()} - {"manifest.json"}
+    assert set(manifest["files"]) == files
+    assert all(re.fullmatch(r"[0-9a-f]{64}", digest) for digest in manifest["files"].values())
+
+
+def test_saves_leave_no_temporary_folders_and_never_overwrite(
+    model: ModelArtifact, tmp_path: Path
+) -> None:
+    save(model, tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == [model.version]
+    with pytest.raises(ArtifactError, match="already exists"):
+        save(model, tmp_path)
+
+
+def test_a_failed_save_leaves_nothing_behind(
+    model: ModelArtifact, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def disk_full(*args: object, **kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(artifact, "_fsync_path", disk_full)
+    with pytest.raises(ArtifactError, match="could not write"):
+        save(model, tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("victim", ["factors.npz", "vocabulary.npz", "text_index.npz"])
+def test_a_corrupt_file_is_refused(model: ModelArtifact, tmp_path: Path, victim: str) -> None:
+    path = save(model, tmp_path)
+    data = bytearray((path / victim).read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (path / victim).write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match=f"checksum mismatch in {victim}"):
+        load(path)
+
+
+def test_missing_files_and_manifests_are_refused(model: ModelArtifact, tmp_path: Path) -> None:
+    path = save(model, tmp_path)
+    (path / "popularity.npz").unlink()
+    with pytest.raises(ArtifactError, match="missing file popularity.npz"):
+        load(path)
+    (path / "manifest.json").write_text("{not json", encoding="utf-8")
+    with pytest.raises(ArtifactError, match="unreadable manifest"):
+        load(path)
+    (path / "manifest.json").unlink()
+    with pytest.raises(ArtifactError, match="no manifest"):
+        load(path)
+    with pytest.raises(ArtifactError):
+        load(tmp_path / "does-not-exist")
+
+
+def test_inconsistent_arrays_are_refused_even_with_matching_checksums(
+    model: ModelArtifact, tmp_path: Path
+) -> None:
+    path = save(model, tmp_path)
+    with (path / "factors.npz").open("wb") as fh:
+        np.savez(fh, user_factors=model.user_factors[:-1], item_factors=model.item_factors)
+    manifest = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
+    manifest["files"]["factors.npz"] = artifact._sha256(path / "factors.npz")
+    (path / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    with pytest.raises(ArtifactError, match="inconsistent model"):
+        load(path)
+
+
+def test_invalid_version_names_are_refused(model: ModelArtifact, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    with pytest.raises(ArtifactError, match="invalid model version"):
+        save(replace(model, version="../escape"), tmp_path)
+
+
+def test_new_version_is_a_sortable_utc_timestamp_with_random_suffix() -> None:
+    when = datetime(2026, 11, 28, 10, 15, 0, tzinfo=UTC)
+    version = new_version(when)
+    assert re.fullmatch(r"20261128T101500-[0-9a-f]{4}", version)
+    assert new_version(when.replace(second=1)) > version
+    assert len({new_version(when) for _ in range(50)}) > 1
+
+
+def test_prune_keeps_only_the_requested_versions(model: ModelArtifact, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    names = [f"2026112{d}T000000-000{d}" for d in range(5)]
+    for name in names:
+        save(replace(model, version=name), tmp_path)
+    (tmp_path / ".tmp-crashed").mkdir()  # a fresh temp folder may be a save in progress
+    assert list_versions(tmp_path) == names
+    keep = newest_versions(list_versions(tmp_path), 2, always=[names[0]])
+    assert keep == {names[0], names[3], names[4]}
+    removed = prune(tmp_path, keep)
+    assert sorted(removed) == names[1:3]
+    assert list_versions(tmp_path) == [names[0], names[3], names[4]]
+    assert (tmp_path / ".tmp-crashed").exists()
+    prune(tmp_path, keep, stale_temp_seconds=-1)
+    assert not (tmp_path / ".tmp-crashed").exists()
+    load(tmp_path / names[4])  # survivors still load
+
+
+def test_consumed_marks_the_pairs_with_a_consumed_event_type(model: ModelArtifact) -> None:
+    u1 = model.users.index_of("u1")
+    c4, c5 = model.items.index_of("c4"), model.items.index_of("c5")
+    assert model.consumed.nnz == 1 and model.consumed[u1, c4]  # purchase: consumed by default
+    assert not model.consumed[u1, c5]  # favorite: not a consumed type
+
+
+def test_consumed_types_are_configurable() -> None:
+    ev = EventColumns.from_lists(
+        ["u0", "u0", "u1", "u1"], ["c0", "c1", "c0", "c1"],
+        ["purchase", "favorite", "view", "view"], [1.0, 2.0, 3.0, 4.0],
+    )  # fmt: skip
+    interactions = build_interactions(ev, FeatureConfig())
+    trained = train_model(interactions, ALSParams(factors=2, iterations=2), 0.25, seed=0)
+    chosen = ModelArtifact.from_training("v1", trained, interactions, consumed_types=("favorite",))
+    assert chosen.consumed.toarray().tolist() == [[False, True], [False, False]]

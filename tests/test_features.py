@@ -1,0 +1,331 @@
+"""features: events -> vocabularies, weighted CSR, negatives, popularity, text index."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from recsvc.features import (
+    EventColumns,
+    FeatureConfig,
+    TextIndex,
+    Vocabulary,
+    build_interactions,
+    confidence,
+    factorize,
+    item_text,
+)
+
+DAY = 86_400.0
+
+
+def events(*rows: tuple[str, str, str, float] | tuple[str, str, str, float, float]) -> EventColumns:
+    """rows of (user, item, type, day[, value])."""
+    return EventColumns.from_lists(
+        user_ids=[r[0] for r in rows],
+        item_ids=[r[1] for r in rows],
+        types=[r[2] for r in rows],
+        occurred_at=[r[3] * DAY for r in rows],
+        values=[r[4] if len(r) > 4 else None for r in rows],  # type: ignore[misc]
+    )
+
+
+def dense(interactions_matrix: sp.csr_matrix) -> np.ndarray:
+    return np.asarray(interactions_matrix.toarray())
+
+
+def cell(interactions, matrix: sp.csr_matrix, user: str, item: str) -> float:
+    u, i = interactions.users.index_of(user), interactions.items.index_of(item)
+    assert u is not None and i is not None
+    return float(matrix[u, i])
+
+
+# ------------------------------------------------------------------------------------------
+# Events and vocabulary
+
+
+def test_event_columns_from_lists_normalises_dtypes() -> None:
+    ev = events(("u1", "c1", "view", 1), ("u2", "课程", "rate", 2, 4.0))
+    assert ev.user_ids.dtype.kind == "U" and ev.item_ids[1] == "课程"
+    assert np.isnan(ev.values[0]) and ev.values[1] == 4.0
+    assert ev.occurred_at.dtype == np.float64 and len(ev) == 2
+
+
+def test_event_columns_accepts_object_arrays_and_rejects_bad_input() -> None:
+    ev = EventColumns(
+        user_ids=np.array(["a", "b"], dtype=object),
+        item_ids=np.array(["x", "y"], dtype=object),
+        types=np.array(["view", "view"], dtype=object),
+        values=np.array([None, 2.0], dtype=object),
+        occurred_at=np.array([1.0, 2.0]),
+    )
+    assert ev.user_ids.dtype.kind == "U" and np.isnan(ev.values[0])
+    with pytest.raises(ValueError, match="rows"):
+        EventColumns.from_lists(["a"], ["x", "y"], ["view"], [1.0])
+    with pytest.raises(ValueError, match="finite"):
+        EventColumns.from_lists(["a"], ["x"], ["view"], [float("nan")])
+
+
+def test_vocabulary_maps_both_ways_and_reports_unknown_ids() -> None:
+    vocab = Vocabulary(["b", "a", "课"])
+    assert vocab.index_of("a") == 1 and vocab.id_of(2) == "课"
+    assert vocab.index_of("missing") is None
+    assert vocab.indices_of(["课", "zzz", "b"]).tolist() == [2, -1, 0]
+    assert vocab.ids_of([0, 2]) == ["b", "课"]
+    assert "a" in vocab and len(vocab) == 3
+    with pytest.raises(ValueError, match="unique"):
+        Vocabulary(["a", "a"])
+
+
+def test_factorize_matches_numpy_unique() -> None:
+    rng = np.random.default_rng(3)
+    pool = np.array(["u1", "u10", "u2", "用户7", "a b", "x" * 40, "U1", "u1 "])
+    values = pool[rng.integers(0, len(pool), 500)]
+    uniques, codes = factorize(values)
+    expected_uniques, expected_codes = np.unique(values, return_inverse=True)
+    assert uniques.tolist() == expected_uniques.tolist()
+    assert codes.tolist() == expected_codes.tolist()
+
+
+# ------------------------------------------------------------------------------------------
+# build_interactions
+
+
+def test_weights_sum_per_pair_with_type_weights_and_rating_values() -> None:
+    ev = events(
+        ("u1", "c1", "view", 1),
+        ("u1", "c1", "purchase", 2),
+        ("u1", "c2", "rate", 3, 4.0),
+        ("u2", "c1", "rate", 3, 1.0),
+        ("u2", "c2", "search_click", 4),
+    )
+    it = build_interactions(ev, FeatureConfig())
+    assert it.users.ids.tolist() == ["u1", "u2"] and it.items.ids.tolist() == ["c1", "c2"]
+    assert dense(it.weights).tolist() == [[6.0, 4.0], [1.0, 2.0]]  # a low rating is still interest
+    assert it.weights.dtype == np.float32 and it.weights.has_sorted_indices
+    assert it.n_events == 5 and it.n_ignored_events == 0
+
+
+def test_last_seen_is_the_newest_positive_event_of_the_pair() -> None:
+    ev = events(("u1", "c1", "view", 5), ("u1", "c1", "view", 9), ("u1", "c1", "click", 2))
+    it = build_interactions(ev, FeatureConfig())
+    assert cell(it, it.last_seen, "u1", "c1") == 9 * DAY
+    assert np.array_equal(it.last_seen.indices, it.weights.indices)
+    assert np.array_equal(it.last_seen.indptr, it.weights.indptr)
+
+
+def test_weight_cap_limits_a_pairs_sum() -> None:
+    ev = events(*[("u1", "c1", "view", d) for d in range(30)], ("u1", "c2", "view", 1))
+    it = build_interactions(ev, FeatureConfig(weight_cap=10.0))
+    assert cell(it, it.weights, "u1", "c1") == 10.0
+    assert cell(it, it.weights, "u1", "c2") == 1.0
+
+
+def test_half_life_halves_weight_per_half_life_of_age() -> None:
+    ev = events(
+        ("u1", "c1", "purchase", 100), ("u1", "c2", "purchase", 90), ("u2", "c1", "view", 80)
+    )
+    it = build_interactions(ev, FeatureConfig(half_life_days=10.0), now=100 * DAY)
+    assert cell(it, it.weights, "u1", "c1") == pytest.approx(5.0)
+    assert cell(it, it.weights, "u1", "c2") == pytest.approx(2.5)
+    assert cell(it, it.weights, "u2", "c1") == pytest.approx(0.25)
+
+
+def test_dislike_is_negative_and_removed_from_positives_newest_signal_wins() -> None:
+    ev = events(
+        ("u1", "c1", "view", 1),
+        ("u1", "c1", "dislike", 2),  # disliked after viewing -> negative
+        ("u1", "c2", "dislike", 1),
+        ("u1", "c2", "purchase", 3),  # bought after disliking -> positive again
+        ("u1", "c3", "view", 1),
+        ("u2", "c1", "view", 1),
+    )
+    it = build_interactions(ev, FeatureConfig())
+    assert cell(it, it.negatives, "u1", "c1") == 1
+    assert cell(it, it.weights, "u1", "c1") == 0
+    assert cell(it, it.negatives, "u1", "c2") == 0
+    assert cell(it, it.weights, "u1", "c2") == 5.0
+    assert it.negatives.multiply(it.weights).nnz == 0  # disjoint
+    assert it.popularity[it.items.index_of("c1")] == 1  # only u2 counts
+
+
+def test_low_ratings_are_negative_only_when_configured() -> None:
+    ev = events(("u1", "c1", "rate", 1, 1.0), ("u1", "c2", "rate", 1, 5.0), ("u2", "c1", "view", 1))
+    off = build_interactions(ev, FeatureConfig())
+    assert off.negatives.nnz == 0 and cell(off, off.weights, "u1", "c1") == 1.0
+    on = build_interactions(ev, FeatureConfig(rating_negative_below=3.0))
+    assert cell(on, on.negatives, "u1", "c1") == 1 and cell(on, on.weights, "u1", "c1") == 0
+
+
+def test_unknown_types_are_ignored_and_counted() -> None:
+    ev = events(("u1", "c1", "view", 1), ("u1", "c2", "teleport", 1))
+    it = build_interactions(ev, FeatureConfig())
+    assert it.items.ids.tolist() == ["c1"] and it.n_ignored_events == 1
+
+
+def test_minimum_counts_drop_sparse_users_and_items() -> None:
+    ev = events(
+        ("u1", "c1", "view", 1), ("u1", "c2", "view", 1), ("u1", "c3", "view", 1),
+        ("u2", "c1", "view", 1), ("u2", "c2", "view", 1),
+        ("u3", "c1", "view", 1),
+    )  # fmt: skip
+    it = build_interactions(ev, FeatureConfig(min_user_interactions=2, min_item_interactions=2))
+    assert it.users.ids.tolist() == ["u1", "u2"]
+    assert it.items.ids.tolist() == ["c1", "c2"]  # c3 had 1 user; c1 keeps its count 3
+    assert it.weights.shape == (2, 2) and it.popularity.tolist() == [2, 2]
+
+
+def test_popularity_all_time_and_recent_window() -> None:
+    ev = events(
+        ("u1", "c1", "view", 1), ("u2", "c1", "view", 2), ("u3", "c1", "view", 3),
+        ("u1", "c2", "view", 99), ("u2", "c2", "view", 100), ("u1", "c2", "view", 100),
+    )  # fmt: skip
+    it = build_interactions(ev, FeatureConfig(popularity_window_days=30), now=100 * DAY)
+    assert it.popularity.tolist() == [3, 2]
+    assert it.recent_popularity.tolist() == [0, 2]
+
+
+def test_type_counts_tell_which_items_were_consumed() -> None:
+    ev = events(
+        ("u1", "c1", "view", 1), ("u1", "c1", "view", 2), ("u1", "c2", "purchase", 1),
+        ("u2", "c1", "enroll", 1),
+    )  # fmt: skip
+    it = build_interactions(ev, FeatureConfig())
+    assert cell(it, it.type_counts["view"], "u1", "c1") == 2
+    consumed = it.consumed(["purchase", "enroll"])
+    assert dense(consumed).tolist() == [[False, True], [True, False]]
+
+
+def test_default_reference_time_is_the_newest_event() -> None:
+    ev = events(("u1", "c1", "view", 10), ("u1", "c2", "view", 20))
+    it = build_interactions(ev, FeatureConfig(half_life_days=10.0))
+    assert it.now == 20 * DAY
+    assert cell(it, it.weights, "u1", "c1") == pytest.approx(0.5)
+
+
+def test_vectorised_aggregation_matches_a_plain_python_reference() -> None:
+    rng = np.random.default_rng(7)
+    n = 3000
+    types = np.array(["view", "click", "purchase", "rate", "dislike"])
+    rows = [
+        (f"u{rng.integers(40)}", f"c{rng.integers(25)}", str(types[rng.integers(5)]),
+         float(rng.integers(0, 50)), float(rng.integers(1, 6)))
+        for _ in range(n)
+    ]  # fmt: skip
+    config = FeatureConfig(half_life_days=15.0, weight_cap=12.0)
+    it = build_interactions(events(*rows), config, now=50 * DAY)
+
+    weight: dict[tuple[str, str], float] = defaultdict(float)
+    newest_pos: dict[tuple[str, str], float] = defaultdict(lambda: -np.inf)
+    newest_neg: dict[tuple[str, str], float] = defaultdict(lambda: -np.inf)
+    for user, item, kind, day, value in rows:
+        key = (user, item)
+        if kind == "dislike":
+            newest_neg[key] = max(newest_neg[key], day)
+            continue
+        w = config.event_weights[kind] * (value if kind == "rate" else 1.0)
+        weight[key] += w * 0.5 ** ((50 - day) / 15.0)
+        newest_pos[key] = max(newest_pos[key], day)
+    expected = {k: min(w, 12.0) for k, w in weight.items() if not newest_neg[k] >= newest_pos[k]}
+    got = {}
+    coo = it.weights.tocoo()
+    for u, i, w in zip(coo.row, coo.col, coo.data, strict=True):
+        got[(it.users.id_of(u), it.items.id_of(i))] = float(w)
+    assert got.keys() == expected.keys()
+    for key, value in expected.items():
+        assert got[key] == pytest.approx(value, rel=1e-5)
+        u, i = it.users.index_of(key[0]), it.items.index_of(key[1])
+        assert it.last_seen[u, i] == newest_pos[key] * DAY
+
+
+# ------------------------------------------------------------------------------------------
+# Confidence
+
+
+def test_log1p_confidence() -> None:
+    weights = sp.csr_matrix(np.array([[0, 1.0], [3.0, 0]], dtype=np.float32))
+    conf = confidence(weights, alpha=2.0, scheme="log1p")
+    assert conf.dtype == np.float32 and conf.nnz == 2
+    assert conf[0, 1] == pytest.approx(1 + 2 * np.log1p(1.0))
+    assert conf[1, 0] == pytest.approx(1 + 2 * np.log1p(3.0))
+    assert weights[0, 1] == 1.0  # input untouched
+
+
+def test_bm25_confidence_keeps_sparsity_and_stays_at_least_one() -> None:
+    rng = np.random.default_rng(0)
+    array = rng.integers(1, 6, (30, 12)) * (rng.random((30, 12)) < 0.3)
+    array[:, 0] = 1  # an item everybody saw: BM25 idf <= 0, must not go below 1
+    weights = sp.csr_matrix(array.astype(np.float32))
+    conf = confidence(weights, alpha=1.0, scheme="bm25", bm25_k1=100, bm25_b=0.8)
+    assert np.array_equal(conf.indices, weights.indices)
+    assert np.array_equal(conf.indptr, weights.indptr)
+    assert conf.data.min() >= 1.0 and conf.data.max() > 1.0
+    with pytest.raises(ValueError, match="scheme"):
+        confidence(weights, 1.0, "cubic")  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------------------------------
+# Text
+
+
+CATALOG = {
+    "py-data": item_text("Python数据分析实战", "用pandas做数据分析", ["python"], ["数据"]),
+    "java": item_text("Java入门", "从零开始学Java编程", ["java"], ["编程"]),
+    "ml": item_text("Machine Learning Basics", "supervised learning for beginners", [], ["AI"]),
+    "design": item_text("平面设计入门", "Photoshop 基础", ["设计"], ["艺术"]),
+    "empty": "",
+}
+
+
+@pytest.fixture
+def text_index() -> TextIndex:
+    return TextIndex().fit(list(CATALOG), list(CATALOG.values()))
+
+
+def test_chinese_query_matches_without_a_tokenizer(text_index: TextIndex) -> None:
+    scores = text_index.query("想学Python数据分析")
+    assert text_index.items.id_of(int(np.argmax(scores))) == "py-data"
+    assert scores[text_index.items.index_of("empty")] == 0
+    assert text_index.items.id_of(int(np.argmax(text_index.query("machine learning")))) == "ml"
+    assert not text_index.query("   ").any()
+
+
+def test_similar_ranks_related_items_and_not_itself(text_index: TextIndex) -> None:
+    java = text_index.items.index_of("java")
+    assert java is not None
+    scores = text_index.similar(java)
+    assert scores[java] == 0
+    assert len(scores) == len(CATALOG)
+
+
+def test_text_index_round_trips_without_pickle(text_index: TextIndex, tmp_path: Path) -> None:
+    files = text_index.save(tmp_path)
+    for path in files:
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as npz:
+                assert all(npz[name].dtype != object for name in npz.files)
+    loaded = TextIndex.load(tmp_path)
+    assert loaded.items == text_index.items
+    for query in ["想学Python数据分析", "设计", "beginner learning", "Java"]:
+        np.testing.assert_allclose(loaded.query(query), text_index.query(query), rtol=1e-6)
+    np.testing.assert_allclose(loaded.similar(0), text_index.similar(0), rtol=1e-6)
+
+
+def test_no_events_gives_empty_matrices() -> None:
+    it = build_interactions(EventColumns.from_lists([], [], [], []), FeatureConfig())
+    assert it.shape == (0, 0) and it.weights.nnz == 0 and it.popularity.tolist() == []
+
+
+def test_negative_only_items_are_kept_when_the_minimum_is_zero() -> None:
+    ev = events(("u1", "c1", "dislike", 1), ("u2", "c1", "view", 1), ("u1", "c2", "dislike", 1))
+    default = build_interactions(ev, FeatureConfig())
+    # u1 has no positives and c2 no users: both left out, and with them u1's dislikes
+    assert default.users.ids.tolist() == ["u2"] and default.items.ids.tolist() == ["c1"]
+    assert default.negatives.nnz == 0
+    kept = build_interactions(ev, FeatureConfig(min_user_interactions=0, min_item_interactions=0))
+    assert kept.items.ids.tolist() == ["c1", "c2"]
+    assert dense(kept.negatives).tolist() == [[True, True], [False, False]]

@@ -1,0 +1,282 @@
+"""training: holdout split, metrics, ALS vs popularity on a two-block fixture, determinism."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from recsvc.features import (
+    EventColumns,
+    FeatureConfig,
+    Interactions,
+    Vocabulary,
+    build_interactions,
+)
+from recsvc.training import (
+    METRIC_NAMES,
+    ActiveModel,
+    ALSParams,
+    Comparison,
+    PopularityModel,
+    evaluate,
+    evaluate_active,
+    fit_als,
+    is_not_worse,
+    split_holdout,
+    train_model,
+)
+
+# Small and fast, still enough to separate the blocks.
+PARAMS = ALSParams(factors=4, regularization=5.0, alpha=10.0, iterations=15)
+
+
+def two_blocks(n_users: int = 60, per_user: int = 8, seed: int = 0) -> Interactions:
+    """Users 0..n/2-1 interact only with items a00..a11, the others only with b00..b11.
+    Item popularity is skewed towards block B (its users are more active), so the popularity
+    baseline recommends B items to A users: the right answer is known and differs from it."""
+    rng = np.random.default_rng(seed)
+    users, items, times = [], [], []
+    for u in range(n_users):
+        block = "a" if u < n_users // 2 else "b"
+        count = per_user if block == "a" else per_user + 2
+        weights = np.linspace(2.0, 1.0, 12)
+        chosen = rng.choice(12, size=count, replace=False, p=weights / weights.sum())
+        for t, i in enumerate(chosen):
+            users.append(f"u{u:03d}")
+            items.append(f"{block}{i:02d}")
+            times.append(1_000.0 + t)
+    ev = EventColumns.from_lists(users, items, ["view"] * len(users), times)
+    return build_interactions(ev, FeatureConfig())
+
+
+@pytest.fixture(scope="module")
+def blocks() -> Interactions:
+    return two_blocks()
+
+
+def block_of(interactions: Interactions, index: int, kind: str) -> str:
+    vocab = interactions.users if kind == "user" else interactions.items
+    name = vocab.id_of(index)
+    if kind == "user":
+        return "a" if int(name[1:]) < 30 else "b"
+    return name[0]
+
+
+# ------------------------------------------------------------------------------------------
+# split
+
+
+def test_holdout_puts_each_users_newest_items_in_test(blocks: Interactions) -> None:
+    holdout = split_holdout(blocks, fraction=0.25, seed=1)
+    assert holdout.train.multiply(holdout.test).nnz == 0
+    assert (holdout.train + holdout.test - blocks.weights).nnz == 0
+    for u in range(blocks.shape[0]):
+        start, end = blocks.last_seen.indptr[u], blocks.last_seen.indptr[u + 1]
+        times = dict(
+            zip(blocks.last_seen.indices[start:end], blocks.last_seen.data[start:end], strict=True)
+        )
+        test_items = holdout.test[u].indices
+        train_items = holdout.train[u].indices
+        assert len(test_items) == int(0.25 * len(times) + 0.5)  # rounded half up
+        assert min(times[i] for i in test_items) > max(times[i] for i in train_items)
+
+
+def test_holdout_keeps_small_users_whole_and_is_deterministic() -> None:
+    ev = EventColumns.from_lists(
+        ["u1", "u1", "u2", "u2", "u2", "u2"],
+        ["c1", "c2", "c1", "c2", "c3", "c4"],
+        ["view"] * 6,
+        [5.0, 5.0, 1.0, 1.0, 1.0, 1.0],  # all ties: broken by the seed
+    )
+    it = build_interactions(ev, FeatureConfig())
+    first = split_holdout(it, fraction=0.5, seed=3, min_interactions=3)
+    assert first.test[0].nnz == 0 and first.train[0].nnz == 2  # u1 too small
+    assert first.test[1].nnz == 2 and first.n_test_users == 1
+    again = split_holdout(it, fraction=0.5, seed=3, min_interactions=3)
+    assert (first.test != again.test).nnz == 0
+    picks = {tuple(split_holdout(it, 0.5, seed=s).test[1].indices) for s in range(20)}
+    assert len(picks) > 1  # the seed really decides ties
+
+
+# ------------------------------------------------------------------------------------------
+# metrics
+
+
+class FixedLists:
+    """A model that returns given lists, to check the metric arithmetic by hand."""
+
+    def __init__(self, lists: dict[int, list[int]]) -> None:
+        self.lists = lists
+
+    def recommend(
+        self,
+        userid: np.ndarray,
+        user_items: sp.csr_matrix,
+        N: int = 10,  # noqa: N803
+        filter_already_liked_items: bool = True,
+        filter_items: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        ids = np.full((len(userid), N), -1, dtype=np.int64)
+        for row, user in enumerate(userid):
+            chosen = self.lists[int(user)][:N]
+            ids[row, : len(chosen)] = chosen
+        return ids, np.zeros(ids.shape)
+
+
+def test_metrics_by_hand() -> None:
+    n_items = 20
+    train = sp.csr_matrix(np.eye(3, n_items, k=10, dtype=np.float32))  # user u saw item 10+u
+    test = np.zeros((3, n_items), dtype=np.float32)
+    test[0, [0, 1]] = 1  # user 0: relevant 0, 1
+    test[1, [5]] = 1  # user 1: relevant 5
+    train_all = sp.csr_matrix(np.vstack([train.toarray(), np.ones((1, n_items))]))
+    test = sp.csr_matrix(np.vstack([test, np.zeros((1, n_items))]))  # 4th user: no test items
+    model = FixedLists({0: [0, 7, 1], 1: [3, 4]})
+    metrics = evaluate(model, train_all, test, k=3)
+    # user 0: hits at ranks 1 and 3; user 1: none
+    assert metrics["precision@10"] == pytest.approx((2 / 3 + 0) / 2)
+    assert metrics["recall@10"] == pytest.approx((1.0 + 0) / 2)
+    dcg = 1 + 1 / np.log2(4)
+    idcg = 1 + 1 / np.log2(3)
+    assert metrics["ndcg@10"] == pytest.approx((dcg / idcg) / 2)
+    assert metrics["map@10"] == pytest.approx(((1 + 2 / 3) / 2) / 2)
+    assert metrics["coverage"] == pytest.approx(5 / n_items)
+    assert set(metrics) == set(METRIC_NAMES)
+
+
+def test_popularity_model_skips_seen_and_blocked_items() -> None:
+    model = PopularityModel([5, 9, 1, 7, 3])  # order 1, 3, 0, 4, 2
+    seen = sp.csr_matrix(np.array([[0, 1, 0, 0, 0], [0, 0, 0, 1, 1]], dtype=np.float32))
+    ids, scores = model.recommend(np.array([0, 1]), seen, N=3, filter_items=np.array([0]))
+    assert ids.tolist() == [[3, 4, 2], [1, 2, -1]]
+    assert scores[0].tolist() == [7, 3, 1]
+
+
+def test_als_learns_the_blocks_and_beats_popularity(blocks: Interactions) -> None:
+    holdout = split_holdout(blocks, 0.25, seed=0)
+    model = fit_als(PARAMS.confidence_of(holdout.train), PARAMS)
+    users = np.arange(blocks.shape[0])
+    ids, _ = model.recommend(users, holdout.train, N=3, filter_already_liked_items=True)
+    for u, row in zip(users, ids, strict=True):
+        assert {block_of(blocks, int(i), "item") for i in row} == {block_of(blocks, u, "user")}
+        assert not set(row) & set(holdout.train[u].indices)  # train items never recommended
+    als = evaluate(model, holdout.train, holdout.test, k=10)
+    popular = evaluate(PopularityModel.fit(holdout.train), holdout.train, holdout.test, k=10)
+    assert als["ndcg@10"] > popular["ndcg@10"] + 0.1
+    assert als["recall@10"] > popular["recall@10"]
+
+
+def test_negatives_are_never_recommended(blocks: Interactions) -> None:
+    holdout = split_holdout(blocks, 0.25, seed=0)
+    model = fit_als(PARAMS.confidence_of(holdout.train), PARAMS)
+    favourite = PopularityModel.fit(holdout.train)
+    ids, _ = model.recommend(np.array([0]), holdout.train[[0]], N=1)
+    disliked = sp.csr_matrix(([1.0], ([0], [int(ids[0, 0])])), shape=blocks.shape)
+    for candidate in (model, favourite):
+        lists, _ = candidate.recommend(np.arange(blocks.shape[0]), holdout.train + disliked, N=5)
+        assert int(ids[0, 0]) not in lists[0]
+    with_neg = evaluate(model, holdout.train, holdout.test, 10, exclude=disliked)
+    assert set(with_neg) == set(METRIC_NAMES)
+
+
+# ------------------------------------------------------------------------------------------
+# pipeline
+
+
+def test_train_model_is_deterministic_and_refits_on_all_data(blocks: Interactions) -> None:
+    first = train_model(blocks, PARAMS, holdout_fraction=0.25, seed=5)
+    second = train_model(blocks, PARAMS, holdout_fraction=0.25, seed=5)
+    assert first.metrics == second.metrics
+    assert first.baseline_metrics == second.baseline_metrics
+    np.testing.assert_array_equal(first.item_factors, second.item_factors)
+    np.testing.assert_array_equal(first.user_factors, second.user_factors)
+    assert set(first.metrics) == set(METRIC_NAMES)
+    assert first.metrics["ndcg@10"] > first.baseline_metrics["ndcg@10"]
+    # the returned model saw every interaction, not just the train part of the holdout
+    assert first.user_items.nnz == blocks.weights.nnz
+    assert first.user_factors.shape == (blocks.shape[0], PARAMS.factors)
+    assert first.item_factors.shape == (blocks.shape[1], PARAMS.factors)
+    assert first.n_test_users == blocks.shape[0]
+
+
+def test_a_different_seed_changes_the_model() -> None:
+    data = two_blocks(seed=1)
+    a = train_model(data, PARAMS, seed=1)
+    b = train_model(data, ALSParams(**{**PARAMS.to_dict(), "random_state": 7}), seed=1)
+    assert not np.array_equal(a.item_factors, b.item_factors)
+
+
+def test_retrain_on_the_same_data_compares_recorded_metrics(blocks: Interactions) -> None:
+    """The active model trained on every holdout pair: scoring it there would let it see the
+    answers, so each model's own out-of-sample metrics are compared instead."""
+    first = train_model(blocks, PARAMS, 0.25, seed=0)
+    active = ActiveModel(
+        users=first.users,
+        items=first.items,
+        item_factors=first.item_factors,
+        user_items=first.user_items,
+        params=PARAMS,
+        metrics=first.metrics,
+    )
+    again = train_model(blocks, PARAMS, 0.25, seed=0, active=active)
+    assert again.comparison is not None
+    assert again.comparison.basis == "recorded"
+    assert again.comparison.active == first.metrics
+    assert is_not_worse(again.comparison)  # an identical retrain may go live
+
+
+def test_active_model_is_scored_on_pairs_it_never_saw(blocks: Interactions) -> None:
+    holdout = split_holdout(blocks, 0.25, seed=0)
+    # The active model was trained before the newest pairs arrived.
+    older = fit_als(PARAMS.confidence_of(holdout.train), PARAMS)
+    active = ActiveModel(
+        users=blocks.users,
+        items=blocks.items,
+        item_factors=np.asarray(older.item_factors),
+        user_items=holdout.train,
+        params=PARAMS,
+        metrics={"ndcg@10": 1.0},
+    )
+    trained = train_model(blocks, PARAMS, 0.25, seed=0, active=active)
+    comparison = trained.comparison
+    assert comparison is not None
+    assert comparison.basis == "unseen_pairs"
+    assert comparison.n_users == holdout.n_test_users
+    assert comparison.candidate == trained.metrics  # every test pair is new to the active model
+    assert comparison.active == evaluate_active(active, blocks.items, holdout)
+    assert set(comparison.active) == set(METRIC_NAMES)
+
+
+def test_an_active_model_never_recommends_items_it_does_not_know(blocks: Interactions) -> None:
+    trained = train_model(blocks, PARAMS, 0.25, seed=0)
+    keep = np.flatnonzero(blocks.items.ids != "b11")
+    active = ActiveModel(
+        users=blocks.users,
+        items=Vocabulary(blocks.items.ids[keep]),
+        item_factors=trained.item_factors[keep],
+        user_items=sp.csr_matrix(blocks.shape, dtype=np.float32),
+        params=PARAMS,
+        metrics={},
+    )
+    metrics = evaluate_active(active, blocks.items, split_holdout(blocks, 0.25, seed=0))
+    assert metrics["coverage"] <= (blocks.shape[1] - 1) / blocks.shape[1]
+
+
+def test_activation_rule() -> None:
+    def comparison(candidate: float, active: float) -> Comparison:
+        return Comparison("recorded", {"ndcg@10": candidate}, {"ndcg@10": active}, 0)
+
+    assert is_not_worse(None)
+    assert is_not_worse(comparison(0.3, 0.3))
+    assert is_not_worse(comparison(0.31, 0.3))
+    assert not is_not_worse(comparison(0.2, 0.3))
+
+
+def test_params_validate_and_round_trip() -> None:
+    params = ALSParams(factors=16, confidence="bm25")
+    assert ALSParams.from_dict({**params.to_dict(), "unknown": 1}) == params
+    with pytest.raises(ValueError):
+        ALSParams(num_threads=0)
+    with pytest.raises(ValueError):
+        ALSParams(confidence="cubic")  # type: ignore[arg-type]
