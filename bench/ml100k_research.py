@@ -53,22 +53,29 @@ INTER_PATH = "recbole/dataset_example/ml-100k/ml-100k.inter"
 K = 10
 
 # Proposed defaults (see the research report): confidence computed by us, implicit's alpha=1.
-BEST = dict(conf="log", alpha=2.0, weight="rating", factors=64, regularization=32.0,
-            iterations=15)
+BEST = dict(conf="log", alpha=2.0, weight="rating", factors=64, regularization=32.0, iterations=15)
 # Best of the other confidence schemes found by the grid (for comparison rows).
 ALTERNATIVES = {
-    "c = rating (implicit alpha=1), reg 30": dict(conf="lin", alpha=1.0, weight="rating",
-                                                  factors=64, regularization=30.0,
-                                                  iterations=15),
-    "c = 3 per interaction, reg 30": dict(conf="lin", alpha=3.0, weight="binary", factors=64,
-                                          regularization=30.0, iterations=15),
-    "c = 3*bm25(rating), reg 100, 128 f": dict(conf="bm25", alpha=3.0, weight="rating",
-                                               factors=128, regularization=100.0,
-                                               iterations=15),
+    "c = rating (implicit alpha=1), reg 30": dict(
+        conf="lin", alpha=1.0, weight="rating", factors=64, regularization=30.0, iterations=15
+    ),
+    "c = 3 per interaction, reg 30": dict(
+        conf="lin", alpha=3.0, weight="binary", factors=64, regularization=30.0, iterations=15
+    ),
+    "c = 3*bm25(rating), reg 100, 128 f": dict(
+        conf="bm25", alpha=3.0, weight="rating", factors=128, regularization=100.0, iterations=15
+    ),
 }
 # Neighbourhood of the proposed point (regularization is the sensitive knob).
-NEIGHBOURS = [dict(regularization=24.0), dict(regularization=40.0), dict(alpha=1.5),
-              dict(alpha=3.0), dict(factors=32), dict(factors=128), dict(iterations=10)]
+NEIGHBOURS = [
+    dict(regularization=24.0),
+    dict(regularization=40.0),
+    dict(alpha=1.5),
+    dict(alpha=3.0),
+    dict(factors=32),
+    dict(factors=128),
+    dict(iterations=10),
+]
 # Small grid a service could run automatically (alpha x regularization).
 AUTO_GRID = [(a, r) for a in (1.0, 2.0, 5.0) for r in (0.01, 1.0, 10.0, 30.0, 100.0)]
 # Published rows of MS Recommenders' MovieLens-100k table (nDCG@10) for reference.
@@ -154,7 +161,7 @@ class Split:
         i_pos = {it: i for i, it in enumerate(self.iids)}
         rel = {}
         self.test_users_unknown = 0
-        for u, it in zip(users[te], items[te]):
+        for u, it in zip(users[te], items[te], strict=True):
             rel.setdefault(u, []).append(i_pos.get(it, -1))  # -1: item unseen in train
         self.test_uidx, self.test_rel = [], []
         for u, lst in rel.items():
@@ -171,7 +178,7 @@ def evaluate(split, top):
     """top: (n_test_users, K) array of train-index item ids, aligned with split.test_uidx."""
     disc = 1.0 / np.log2(np.arange(2, K + 2))
     nd, pr, rc, mp, mpk = [], [], [], [], []
-    for rec, rel in zip(top, split.test_rel):
+    for rec, rel in zip(top, split.test_rel, strict=True):
         relset = set(rel[rel >= 0].tolist())
         n_rel = len(rel)  # items unseen in train still count as relevant (MS: "actual")
         hits = np.array([r in relset for r in rec[:K]], dtype=float)
@@ -288,18 +295,21 @@ def time_vs_random_holdout(users, items, ratings, ts, mask, test_split):
     u2, i2, r2, t2 = users[mask], items[mask], ratings[mask], ts[mask]
     holdouts = {
         "time (newest 20%/user)": Split(u2, i2, r2, ~newest_holdout(u2, t2)),
-        "random (20%/user)": Split(u2, i2, r2, stratified_split(u2, i2, by="user",
-                                                                ratio=0.8, seed=7)),
+        "random (20%/user)": Split(
+            u2, i2, r2, stratified_split(u2, i2, by="user", ratio=0.8, seed=7)
+        ),
     }
     for hname, hs in holdouts.items():
-        print(f"-- holdout {hname} of the train part: fit on {hs.binary.nnz}, "
-              f"holdout {hs.n_test}")
+        print(f"-- holdout {hname} of the train part: fit on {hs.binary.nnz}, holdout {hs.n_test}")
         print(fmt("  popularity", evaluate(hs, popularity(hs))))
-        print(fmt("  implicit ALS library defaults",
-                  evaluate(hs, recommend(fit_default_als(hs), hs))))
+        print(
+            fmt("  implicit ALS library defaults", evaluate(hs, recommend(fit_default_als(hs), hs)))
+        )
         print(fmt("  proposed default", run_cfg(hs, BEST)[0]))
-    print(f"-- auto grid alpha x regularization ({len(AUTO_GRID)} configs, log conf, "
-          f"64 factors): holdout nDCG@10 -> MS-test nDCG@10")
+    print(
+        f"-- auto grid alpha x regularization ({len(AUTO_GRID)} configs, log conf, "
+        f"64 factors): holdout nDCG@10 -> MS-test nDCG@10"
+    )
     scores = {h: {} for h in holdouts}
     ms = {}
     for a, r in AUTO_GRID:
@@ -307,16 +317,20 @@ def time_vs_random_holdout(users, items, ratings, ts, mask, test_split):
         ms[(a, r)] = run_cfg(test_split, cfg)[0]["ndcg"]
         for hname, hs in holdouts.items():
             scores[hname][(a, r)] = run_cfg(hs, cfg)[0]["ndcg"]
-        print(f"   alpha={a:<4g} reg={r:<5g} " + "  ".join(
-            f"{h.split()[0]} {scores[h][(a, r)]:.4f}" for h in holdouts)
-            + f"  -> MS test {ms[(a, r)]:.4f}")
+        print(
+            f"   alpha={a:<4g} reg={r:<5g} "
+            + "  ".join(f"{h.split()[0]} {scores[h][(a, r)]:.4f}" for h in holdouts)
+            + f"  -> MS test {ms[(a, r)]:.4f}"
+        )
     for hname in holdouts:
         pick = max(scores[hname], key=scores[hname].get)
         rk = np.argsort(np.argsort([scores[hname][k] for k in AUTO_GRID]))
         rm = np.argsort(np.argsort([ms[k] for k in AUTO_GRID]))
         rho = np.corrcoef(rk, rm)[0, 1]
-        print(f"   {hname}: picks alpha={pick[0]:g} reg={pick[1]:g} -> MS test "
-              f"{ms[pick]:.4f}; Spearman(holdout, MS test) = {rho:.2f}")
+        print(
+            f"   {hname}: picks alpha={pick[0]:g} reg={pick[1]:g} -> MS test "
+            f"{ms[pick]:.4f}; Spearman(holdout, MS test) = {rho:.2f}"
+        )
 
 
 def main():

@@ -107,8 +107,8 @@ def _fit_and_save(
     seconds: dict[str, float] = {}
 
     start = clock()
-    events = EventColumns.from_lists(
-        table.user_ids, table.item_ids, table.types, table.occurred_at, table.values
+    events = EventColumns(
+        table.user_ids, table.item_ids, table.types, table.values, table.occurred_at
     )
     interactions = build_interactions(events, feature_config(settings))
     seconds["features"] = clock() - start
@@ -177,7 +177,7 @@ async def run_training(
         catalog = await ingest.read_catalog(session)
         active = await registry.active_version(session)
     query_seconds = clock() - start
-    if not table.user_ids:
+    if not len(table):
         raise ValueError("there are no events to train on yet")
 
     beat = None
