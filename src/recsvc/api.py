@@ -7,11 +7,12 @@ import pathlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, Depends, Path, Request, Response
+import orjson
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from recsvc import artifact, db, ingest, jobs, metrics, registry
+from recsvc import artifact, db, ingest, jobs, metrics, registry, scorer
 from recsvc.auth import require, require_metrics_access
 from recsvc.config import Settings
 from recsvc.errors import (
@@ -35,16 +36,20 @@ from recsvc.schemas import (
     ModelVersionOut,
     Problem,
     Readiness,
+    Recommendations,
+    RecommendationsRequest,
     TrainRequest,
     UpsertResult,
     UserIn,
     UserOut,
     ValidationRules,
 )
+from recsvc.serving import Serving
 
 Model = TypeVar("Model", bound=BaseModel)
 
 PathId = Annotated[str, Path(min_length=1, max_length=128)]
+Label = Annotated[str, Query(min_length=1, max_length=128)]
 
 
 # --- dependencies -------------------------------------------------------------------------------
@@ -65,9 +70,25 @@ async def _session(request: Request) -> AsyncIterator[AsyncSession]:
 
 SessionDep = Annotated[AsyncSession, Depends(_session)]
 
+
+async def catalog_written(request: Request, session: AsyncSession) -> None:
+    """Commit a catalog change and let this worker's recommendations see it at once (other
+    workers see it within one poll)."""
+    await session.commit()
+    await request.app.state.serving.refresh_catalog()
+
+
 # Schemas the routes refer to by hand (bodies parsed in `parsed`, problem documents);
 # app.py adds them to openapi.yaml.
-DOC_MODELS: list[type[BaseModel]] = [EventBatch, ItemIn, ItemBatch, UserIn, TrainRequest, Problem]
+DOC_MODELS: list[type[BaseModel]] = [
+    EventBatch,
+    ItemIn,
+    ItemBatch,
+    UserIn,
+    TrainRequest,
+    RecommendationsRequest,
+    Problem,
+]
 
 
 def body_doc(model: type[BaseModel], required: bool = True) -> dict[str, Any]:
@@ -146,11 +167,13 @@ async def readyz(request: Request, response: Response) -> Readiness:
     if not ready:
         response.status_code = 503
         response.headers["Retry-After"] = str(state.settings.db_retry_after_seconds)
+    serving: Serving = state.serving
     return Readiness(
         status="ready" if ready else "not_ready",
         database=database,
         schema_revision=revision,
-        model="none_trained",
+        model=serving.version or "none_trained",
+        model_error=serving.load_error,
     )
 
 
@@ -223,12 +246,14 @@ async def event_types(request: Request) -> EventTypes:
 )
 async def put_item(
     item_id: PathId,
+    request: Request,
     response: Response,
     session: SessionDep,
     item: Annotated[ItemIn, Depends(parsed(ItemIn))],
 ) -> ItemOut:
     """Create or replace a course. 201 when it is new, 200 when it replaced one."""
     out, created = await ingest.put_item(session, item_id, item)
+    await catalog_written(request, session)
     if created:
         response.status_code = 201
     return out
@@ -244,10 +269,14 @@ async def put_item(
     responses=AUTH_RESPONSES,
 )
 async def put_items(
-    session: SessionDep, batch: Annotated[ItemBatch, Depends(parsed(ItemBatch))]
+    request: Request,
+    session: SessionDep,
+    batch: Annotated[ItemBatch, Depends(parsed(ItemBatch))],
 ) -> UpsertResult:
     """Create or replace 1..1000 courses at once, all or nothing."""
-    return UpsertResult(upserted=await ingest.put_items(session, batch.items))
+    upserted = await ingest.put_items(session, batch.items)
+    await catalog_written(request, session)
+    return UpsertResult(upserted=upserted)
 
 
 @v1.get(
@@ -270,9 +299,10 @@ async def get_item(item_id: PathId, session: SessionDep) -> ItemOut:
     dependencies=[Depends(require("ingest"))],
     responses={**AUTH_RESPONSES, 404: problem("not in the catalog")},
 )
-async def delete_item(item_id: PathId, session: SessionDep) -> Response:
+async def delete_item(item_id: PathId, request: Request, session: SessionDep) -> Response:
     """Remove a course from the catalog; it is never recommended again."""
     await ingest.delete_item(session, item_id)
+    await catalog_written(request, session)
     return Response(status_code=204)
 
 
@@ -409,3 +439,201 @@ async def activate_model(version: PathId, session: SessionDep) -> ModelVersionOu
     except artifact.ArtifactError as exc:
         raise Conflict(f"version {version} cannot be activated: {exc}") from None
     return await registry.activate(session, version)
+
+
+# Recommendations
+
+ItemsQuery = Annotated[int, Query(ge=1, le=100, description="how many items")]
+CategoryQuery = Annotated[
+    list[Label] | None, Query(max_length=20, description="only items in one of these categories")
+]
+ExcludeQuery = Annotated[
+    str | None, Query(max_length=20_000, description="comma-separated item ids to leave out")
+]
+
+
+def _excluded(exclude: str | None) -> frozenset[str]:
+    return frozenset(item for item in (exclude or "").split(",") if item)
+
+
+def _category_filter(categories: list[str] | None) -> frozenset[str] | None:
+    return frozenset(categories) if categories else None
+
+
+def _recommendations(
+    result: scorer.RecommendResult, user_id: str | None, version: str | None
+) -> Response:
+    """Serialised straight to JSON: this is the hot path (shape: schemas.Recommendations)."""
+    metrics.STRATEGY.labels(result.strategy).inc()
+    items = []
+    for item in result.items:
+        entry: dict[str, Any] = {"item_id": item.item_id, "score": item.score, "title": item.title}
+        if item.reasons is not None:
+            entry["reasons"] = [
+                {"item_id": r.item_id, "title": r.title, "weight": r.weight} for r in item.reasons
+            ]
+        items.append(entry)
+    body = {
+        "user_id": user_id,
+        "model_version": version,
+        "strategy": result.strategy,
+        "items": items,
+    }
+    return Response(orjson.dumps(body), media_type="application/json")
+
+
+async def _recommend(serving: Serving, request: scorer.RecommendRequest) -> Response:
+    version = serving.version
+    if version is None and not request.query:
+        # Before the first model: what is popular in the events so far.
+        result = await serving.popular_from_events(
+            serving.settings.popularity_window_days,
+            request.n,
+            request.categories,
+            request.exclude | frozenset(request.session_items),
+        )
+    else:
+        result = await serving.recommend(request)
+    return _recommendations(result, request.user_id, version)
+
+
+async def _recent(serving: Serving, user_id: str) -> tuple[scorer.RecentEvent, ...]:
+    """The user's newest events; without the database the model's view still answers."""
+    try:
+        return await serving.recent_events(user_id)
+    except Exception as exc:
+        if not is_database_unavailable(exc):
+            raise
+        metrics.FRESHNESS_SKIPPED.inc()
+        return ()
+
+
+def _serving(request: Request) -> Serving:
+    serving: Serving = request.app.state.serving
+    return serving
+
+
+ServingDep = Annotated[Serving, Depends(_serving)]
+
+RECOMMEND_RESPONSES = {
+    200: {"model": Recommendations, "description": "a ranked list"},
+    **AUTH_RESPONSES,
+}
+
+
+@v1.get(
+    "/users/{user_id}/recommendations",
+    operation_id="recommend_for_user",
+    tags=["recommend"],
+    dependencies=[Depends(require("read"))],
+    response_class=Response,
+    responses=RECOMMEND_RESPONSES,
+)
+async def recommend_for_user(
+    user_id: PathId,
+    serving: ServingDep,
+    n: ItemsQuery = 10,
+    category: CategoryQuery = None,
+    exclude: ExcludeQuery = None,
+    explain: Annotated[bool, Query(description="add `reasons` to each item")] = False,
+) -> Response:
+    """Top-n for a learner, with their newest events (seconds old) already taken into account.
+    An unknown learner gets the cold-start list (popular)."""
+    request = scorer.RecommendRequest(
+        user_id=user_id,
+        recent=await _recent(serving, user_id),
+        n=n,
+        categories=_category_filter(category),
+        exclude=_excluded(exclude),
+        explain=explain,
+    )
+    return await _recommend(serving, request)
+
+
+@v1.post(
+    "/recommendations",
+    operation_id="recommend",
+    tags=["recommend"],
+    dependencies=[Depends(require("read"))],
+    openapi_extra=body_doc(RecommendationsRequest),
+    response_class=Response,
+    responses=RECOMMEND_RESPONSES,
+)
+async def recommend(
+    serving: ServingDep,
+    body: Annotated[RecommendationsRequest, Depends(parsed(RecommendationsRequest))],
+) -> Response:
+    """The chatbot's call: a known or anonymous learner, what they looked at in this
+    conversation (`session_items`), and what they typed (`query`)."""
+    request = scorer.RecommendRequest(
+        user_id=body.user_id,
+        recent=await _recent(serving, body.user_id) if body.user_id else (),
+        session_items=tuple(body.session_items),
+        query=body.query,
+        n=body.n,
+        categories=_category_filter(body.categories),
+        exclude=frozenset(body.exclude),
+        explain=body.explain,
+    )
+    return await _recommend(serving, request)
+
+
+@v1.get(
+    "/items/{item_id}/similar",
+    operation_id="similar_items",
+    tags=["recommend"],
+    dependencies=[Depends(require("read"))],
+    response_class=Response,
+    responses={
+        **RECOMMEND_RESPONSES,
+        404: problem("the model and the catalog text know no such item"),
+    },
+)
+async def similar_items(
+    item_id: PathId,
+    serving: ServingDep,
+    n: ItemsQuery = 10,
+    category: CategoryQuery = None,
+    exclude: ExcludeQuery = None,
+) -> Response:
+    """Items like this one: by learners' behaviour (`als`), or by text for courses newer than
+    the model (`content`)."""
+    model = serving.scorer
+    try:
+        result = model.similar(
+            item_id, n, _category_filter(category), serving.catalog, _excluded(exclude)
+        )
+    except scorer.UnknownItem:
+        raise NotFound(
+            f"item {item_id!r} is unknown to the model and has no catalog text"
+        ) from None
+    return _recommendations(result, None, model.version)
+
+
+@v1.get(
+    "/popular",
+    operation_id="popular_items",
+    tags=["recommend"],
+    dependencies=[Depends(require("read"))],
+    response_class=Response,
+    responses=RECOMMEND_RESPONSES,
+)
+async def popular_items(
+    serving: ServingDep,
+    n: ItemsQuery = 10,
+    category: CategoryQuery = None,
+    window_days: Annotated[
+        float | None, Query(gt=0, le=3650, description="default: the model's window (30 days)")
+    ] = None,
+    exclude: ExcludeQuery = None,
+) -> Response:
+    """Trending courses: distinct learners per course in the window (cold start, fallbacks)."""
+    categories, excluded = _category_filter(category), _excluded(exclude)
+    model = serving.scorer
+    model_window = serving.settings.popularity_window_days
+    if model.version is not None and window_days in (None, model_window):
+        result = model.popular(n, categories, serving.catalog, exclude=excluded)
+    else:
+        window = window_days or model_window
+        result = await serving.popular_from_events(window, n, categories, excluded)
+    return _recommendations(result, None, model.version)

@@ -23,6 +23,7 @@ from recsvc.config import Settings, get_settings
 from recsvc.errors import PayloadTooLarge, install_handlers, problem_response
 from recsvc.metrics import MetricsMiddleware
 from recsvc.schemas import ValidationRules
+from recsvc.serving import Serving
 
 log = logging.getLogger("recsvc")
 
@@ -70,6 +71,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.engine = engine
         app.state.sessionmaker = db.make_sessionmaker(engine)
         app.state.background = set()
+        serving = Serving(settings, engine, app.state.sessionmaker)
+        app.state.serving = serving
+        try:
+            await serving.refresh()
+        except Exception as exc:  # e.g. the database is down: start anyway, poll recovers
+            log.warning("no model or catalog at start-up: %s", exc)
+        app.state.background.add(asyncio.create_task(serving.poll_forever()))
         if settings.train_interval_seconds:
             jobs.start_schedule(app, settings.train_interval_seconds)
         try:
@@ -80,6 +88,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
+            serving.close()
             await engine.dispose()
 
     app = FastAPI(

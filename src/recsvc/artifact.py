@@ -40,6 +40,7 @@ import numpy.typing as npt
 import scipy.sparse as sp
 
 from recsvc import __version__ as code_version
+from recsvc.config import DEFAULT_CONSUMED_TYPES
 from recsvc.features import Interactions, TextIndex, Vocabulary
 from recsvc.training import ALSParams, TrainedModel
 
@@ -49,7 +50,6 @@ _TEMP_PREFIX = ".tmp-"
 _TRASH_PREFIX = ".trash-"
 # Versions are folder names: refuse anything that could escape models_dir or hide itself.
 _VERSION_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-DEFAULT_CONSUMED_TYPES = ("enroll", "purchase", "complete", "rate", "review")
 
 
 class ArtifactError(Exception):

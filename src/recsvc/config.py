@@ -30,6 +30,8 @@ DEFAULT_EVENT_WEIGHTS: dict[str, float] = {
     "rate": 1.0,
     "dislike": 0.0,
 }
+# A user's items with these events are never recommended to that user again (DESIGN.md 2).
+DEFAULT_CONSUMED_TYPES: tuple[str, ...] = ("enroll", "purchase", "complete", "rate", "review")
 
 
 class Settings(BaseSettings):
@@ -101,6 +103,15 @@ class Settings(BaseSettings):
         ge=60,
         validation_alias=AliasChoices("RECSVC_TRAIN_INTERVAL", "RECSVC_TRAIN_INTERVAL_SECONDS"),
         description="seconds between scheduled trainings (RECSVC_TRAIN_INTERVAL); unset: off",
+    )
+
+    # Serving (DESIGN.md sections 2 and 5)
+    consumed_event_types: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_CONSUMED_TYPES),
+        description="a user's items with these events are never recommended to them again",
+    )
+    model_poll_seconds: float = Field(
+        2.0, gt=0, le=5, description="how often a worker checks for a newly activated model"
     )
 
     # Operations

@@ -31,7 +31,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from recsvc.errors import NotFound
 from recsvc.schemas import EventIn, ItemIn, ItemOut, ItemWithId, UserOut
@@ -359,6 +359,7 @@ async def read_events(session: AsyncSession, chunk_rows: int = 200_000) -> Event
 @dataclass(frozen=True)
 class CatalogItem:
     item_id: str
+    title: str
     text: tuple[str, str, list[str], list[str]]  # title, description, tags, categories
     categories: list[str]
     recommendable: bool  # available and not deleted
@@ -379,9 +380,55 @@ async def read_catalog(session: AsyncSession) -> list[CatalogItem]:
     return [
         CatalogItem(
             item_id=row.id,
+            title=row.title,
             text=(row.title, row.description, row.tags, row.categories),
             categories=row.categories,
             recommendable=bool(row.available) and row.deleted_at is None,
         )
         for row in rows
     ]
+
+
+async def catalog_stamp(session: AsyncSession) -> tuple[object, ...]:
+    """Changes whenever an item is written (PUT, batch, DELETE): a cheap "reload?" check."""
+    row = (await session.execute(select(func.count(), func.max(ITEMS.c.updated_at)))).one()
+    return tuple(row)
+
+
+# --- reads for serving --------------------------------------------------------------------------
+
+RecentEventRow = tuple[str, str, float | None, float]  # item_id, type, value, unix seconds
+
+MAX_RECENT_EVENTS = 500
+
+_RECENT_EPOCH = cast(extract("epoch", EVENTS.c.occurred_at), Float)
+
+
+async def recent_events(
+    conn: AsyncConnection, user_id: str, since: datetime | None
+) -> tuple[RecentEventRow, ...]:
+    """The user's newest events received after `since` (all of them when None), oldest first;
+    served by the (user_id, received_at) index."""
+    query = select(EVENTS.c.item_id, EVENTS.c.type, EVENTS.c.value, _RECENT_EPOCH).where(
+        EVENTS.c.user_id == user_id
+    )
+    if since is not None:
+        query = query.where(EVENTS.c.received_at > since)
+    query = query.order_by(EVENTS.c.received_at.desc()).limit(MAX_RECENT_EVENTS)
+    rows = (await conn.execute(query)).all()
+    return tuple((r[0], r[1], r[2], float(r[3])) for r in reversed(rows))
+
+
+async def popular_items(
+    session: AsyncSession, since: datetime, negative_types: Sequence[str], limit: int
+) -> list[tuple[str, int]]:
+    """Items by distinct users with a (non-negative) event received since `since`."""
+    users = func.count(EVENTS.c.user_id.distinct()).label("users")
+    query = (
+        select(EVENTS.c.item_id, users)
+        .where(EVENTS.c.received_at >= since, EVENTS.c.type.not_in(negative_types))
+        .group_by(EVENTS.c.item_id)
+        .order_by(users.desc(), EVENTS.c.item_id)
+        .limit(limit)
+    )
+    return [(row.item_id, int(row.users)) for row in await session.execute(query)]

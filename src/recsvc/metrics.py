@@ -8,7 +8,14 @@ from __future__ import annotations
 
 import time
 
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    generate_latest,
+)
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 REQUESTS = Counter(
@@ -23,6 +30,20 @@ LATENCY = Histogram(
 EVENTS_ACCEPTED = Counter("recsvc_events_accepted_total", "Events stored")
 EVENTS_DUPLICATE = Counter("recsvc_events_duplicate_total", "Events skipped as repeats")
 EVENTS_REJECTED_BATCHES = Counter("recsvc_event_batches_rejected_total", "Event batches refused")
+MODEL_LOAD_FAILURES = Counter(
+    "recsvc_model_load_failures_total", "Activated model versions refused (missing or corrupt)"
+)
+MODEL_VERSION = Info("recsvc_model", "The model version this worker serves")
+BATCH_SIZE = Histogram(
+    "recsvc_scoring_batch_size",
+    "Recommendation requests scored together in one matrix product",
+    buckets=(1, 2, 4, 8, 16, 32, 64),
+)
+STRATEGY = Counter("recsvc_recommendations_total", "Recommendation lists served", ["strategy"])
+FRESHNESS_SKIPPED = Counter(
+    "recsvc_freshness_skipped_total",
+    "Recommendations served without the user's newest events (database unreachable)",
+)
 DATABASE_UP = Gauge("recsvc_database_up", "1 when the last readiness check reached the database")
 
 

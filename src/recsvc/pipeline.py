@@ -15,6 +15,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,12 @@ from recsvc.features import EventColumns, FeatureConfig, TextIndex, build_intera
 from recsvc.training import ActiveModel, ALSParams, Comparison, is_not_worse, train_model
 
 log = logging.getLogger("recsvc.pipeline")
+
+# An ingest transaction still committing when the events are read may carry a receive time
+# just before the newest one read. Events received this close to the read are therefore folded
+# in again at serving time (counted twice, which only weighs them a little more) rather than
+# risk being in neither the model nor the fold-in. Ingest transactions take milliseconds.
+INGEST_SETTLE = timedelta(seconds=1)
 
 
 def feature_config(settings: Settings) -> FeatureConfig:
@@ -101,6 +108,7 @@ def _fit_and_save(
     table: ingest.EventTable,
     catalog: list[ingest.CatalogItem],
     active_path: str | None,
+    fold_in_after: datetime | None,
 ) -> _Fitted:
     """The CPU-bound part: no database, no event loop."""
     clock = time.perf_counter
@@ -141,11 +149,13 @@ def _fit_and_save(
             "min_item_interactions": settings.min_item_interactions,
             "holdout_fraction": settings.holdout_fraction,
         },
-        # Serving folds in events received after this moment (DESIGN.md section 2).
-        "events_until": table.max_received_at.isoformat() if table.max_received_at else None,
+        # Serving folds in the events received after this moment (DESIGN.md section 2).
+        "events_until": fold_in_after.isoformat() if fold_in_after else None,
         "n_test_users": trained.n_test_users,
     }
-    model = artifact.ModelArtifact.from_training(version, trained, interactions, text_index, extra)
+    model = artifact.ModelArtifact.from_training(
+        version, trained, interactions, text_index, extra, settings.consumed_event_types
+    )
     path = artifact.save(model, settings.models_dir)
     seconds["save"] = clock() - start
     return _Fitted(model, trained.comparison, path, seconds)
@@ -172,6 +182,7 @@ async def run_training(
 ) -> TrainingOutcome:
     clock = time.perf_counter
     start = clock()
+    read_at = ingest.utcnow()
     async with sessionmaker() as session:
         table = await ingest.read_events(session)
         catalog = await ingest.read_catalog(session)
@@ -186,8 +197,16 @@ async def run_training(
         interval = min(5.0, settings.job_stale_seconds / 4)
         beat = asyncio.create_task(_heartbeat(sessionmaker, job_id, interval))
     try:
+        fold_in_after = (
+            min(table.max_received_at, read_at - INGEST_SETTLE) if table.max_received_at else None
+        )
         fitted = await asyncio.to_thread(
-            _fit_and_save, settings, table, catalog, active.artifact_path if active else None
+            _fit_and_save,
+            settings,
+            table,
+            catalog,
+            active.artifact_path if active else None,
+            fold_in_after,
         )
     finally:
         if beat is not None:

@@ -210,6 +210,50 @@ class UserOut(BaseModel):
     event_counts: dict[str, int] = Field(default_factory=dict, description="events per type")
 
 
+# --- recommendations ----------------------------------------------------------------------------
+
+STRATEGY_DOC = (
+    "how the list was made: als, als_foldin, query, popular or content; "
+    "'+popular' appended when popular items filled a list the filters left short"
+)
+
+
+class RecommendationsRequest(_Strict):
+    """The chatbot's call, with what it knows of the conversation."""
+
+    user_id: Id | None = Field(None, description="the learner, if known")
+    session_items: list[Id] = Field(
+        default_factory=list, max_length=100, description="items looked at in this conversation"
+    )
+    query: str | None = Field(
+        None, max_length=500, description='free text, e.g. "想学Python数据分析"'
+    )
+    n: int = Field(10, ge=1, le=100)
+    categories: list[Label] | None = Field(None, max_length=20, description="any of these")
+    exclude: list[Id] = Field(default_factory=list, max_length=500)
+    explain: bool = Field(False, description="add `reasons` to each item")
+
+
+class Reason(BaseModel):
+    item_id: str = Field(description="one of the user's own items")
+    title: str
+    weight: float = Field(description="its contribution to the score")
+
+
+class RecommendedItem(BaseModel):
+    item_id: str
+    score: float = Field(description="ranking score; its scale depends on the strategy")
+    title: str
+    reasons: list[Reason] | None = Field(None, description="only when explain=true")
+
+
+class Recommendations(BaseModel):
+    user_id: str | None
+    model_version: str | None = Field(description="null before the first model is trained")
+    strategy: str = Field(description=STRATEGY_DOC)
+    items: list[RecommendedItem]
+
+
 # --- models -------------------------------------------------------------------------------------
 
 
@@ -274,4 +318,7 @@ class Readiness(BaseModel):
     status: str = Field(description="ready or not_ready")
     database: str = Field(description="ok, unreachable or not_migrated")
     schema_revision: str | None
-    model: str = Field(description="loaded version, or none_trained")
+    model: str = Field(description="the version this worker serves, or none_trained")
+    model_error: str | None = Field(
+        None, description="why the active version could not be loaded (the previous one serves)"
+    )

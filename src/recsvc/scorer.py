@@ -1,0 +1,713 @@
+"""Scorer: the in-memory model that answers recommendation requests. No I/O.
+
+One `Scorer` is built per model version (`ModelArtifact`) and owns everything a request needs:
+
+* the request/response types the API layer fills in: `CatalogView`, `RecentEvent`,
+  `RecommendRequest` -> `RecommendResult` of `Recommendation`s (with `Reason`s);
+* the strategy of each request (DESIGN.md section 2): `als`, `als_foldin`, `query`,
+  `popular`, `content`, with "+popular" appended when popular items filled a short list;
+* fold-in: events newer than the model (and session items) weighted like training, then the
+  user's factors recomputed with implicit's `recalculate_user`;
+* batched scoring: every request of a `recommend` call that needs a full ALS ranking is scored
+  by one matrix product (users stacked @ item factors.T);
+* filters applied in every strategy: consumed, negative (e.g. dislike), unrecommendable,
+  excluded and out-of-category items;
+* explanations (implicit's `explain`), item-to-item similarity and popularity lists.
+
+Item spaces: ALS strategies and the popular fill rank only the model's items; `query` and
+`content` also reach items known only to the text index (courses newer than the model).
+A catalog item the model has never seen and the text index does not hold cannot be returned.
+
+Thread safety: after construction the scorer only reads its arrays; its one cache (indices
+derived from the latest `CatalogView`) is replaced atomically, so concurrent calls are safe.
+BLAS threads are not limited here (threadpoolctl costs ~1.5 ms per call): serving processes
+set OPENBLAS_NUM_THREADS / OMP_NUM_THREADS.
+
+Exceptions:
+
+    UnknownItem(KeyError)   `similar` on an item neither the model nor the text index knows
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, NamedTuple
+
+import numpy as np
+import numpy.typing as npt
+import scipy.sparse as sp
+
+from recsvc.artifact import ModelArtifact
+from recsvc.config import DEFAULT_CONSUMED_TYPES
+from recsvc.features import FeatureConfig, Vocabulary
+from recsvc.training import ALSParams, als_from_factors
+
+Float32Array = npt.NDArray[np.float32]
+IndexArray = npt.NDArray[np.int64]
+BoolArray = npt.NDArray[np.bool_]
+
+# Rows of one scoring matrix product: 64 users x 100k items is 25 MB of float32 scores.
+MAX_BATCH_ROWS = 64
+# Block size of the top-n pre-selection (see `_top_n`).
+_BLOCK = 256
+EXPLAIN_REASONS = 3
+# Bound on cached category filters per catalog view (clients choose the category sets).
+_MAX_CACHED_CATEGORY_SETS = 256
+
+
+class UnknownItem(KeyError):
+    """The item is unknown to the model and to the text index."""
+
+    def __init__(self, item_id: str) -> None:
+        super().__init__(item_id)
+        self.item_id = item_id
+
+    def __str__(self) -> str:
+        return f"unknown item {self.item_id!r}"
+
+
+# --------------------------------------------------------------------------------------------
+# Inputs and outputs
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class CatalogView:
+    """What the catalog says right now (the API refreshes it every few seconds).
+
+    Items absent from `titles` (stubs known only from events) are recommendable, with title ""
+    and no categories. Reuse one view until the next refresh: the scorer caches indices derived
+    from it by identity.
+    """
+
+    titles: Mapping[str, str] = field(default_factory=dict)
+    categories: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    unrecommendable: frozenset[str] = frozenset()  # unavailable or deleted items
+
+
+@dataclass(frozen=True)
+class RecentEvent:
+    """One of the user's events newer than the model."""
+
+    item_id: str
+    type: str
+    value: float | None
+    occurred_at: float  # unix seconds
+
+
+@dataclass(frozen=True)
+class RecommendRequest:
+    user_id: str | None = None
+    recent: tuple[RecentEvent, ...] = ()
+    session_items: tuple[str, ...] = ()
+    query: str | None = None
+    n: int = 10
+    categories: frozenset[str] | None = None  # an item must have at least one of them
+    exclude: frozenset[str] = frozenset()
+    explain: bool = False
+
+
+class Reason(NamedTuple):
+    """One of the user's own items and its contribution to a recommendation's score."""
+
+    item_id: str
+    title: str
+    weight: float
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """`score` depends on the strategy that produced the item: ALS dot product (`als`,
+    `als_foldin`), blended text/taste score in [0, 1] (`query`), cosine (`similar`), or the
+    number of users who interacted with the item (popular items, including a "+popular" fill).
+    `reasons` is None unless explanations were asked for."""
+
+    item_id: str
+    score: float
+    title: str
+    reasons: list[Reason] | None = None
+
+
+@dataclass(frozen=True)
+class RecommendResult:
+    strategy: str
+    items: list[Recommendation]
+    user_id: str | None = None
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------------
+
+
+def _top_n(scores: Float32Array, n: int) -> IndexArray:
+    """Indices of the `n` highest finite scores, best first, ties by lower index.
+
+    np.argpartition over 100k items costs ~0.6 ms, more than the item's share of the matrix
+    product, so candidates are pre-selected: the n-th best block maximum is a score that at
+    least n items reach, and usually only ~2n items do.
+    """
+    size = int(scores.shape[0])
+    if n <= 0 or size == 0:
+        return np.zeros(0, dtype=np.int64)
+    n_blocks = size // _BLOCK
+    candidates: IndexArray
+    if n_blocks > 4 * n:
+        full = n_blocks * _BLOCK
+        block_max = scores[:full].reshape(n_blocks, _BLOCK).max(axis=1)
+        if full < size:
+            block_max = np.append(block_max, scores[full:].max())
+        kth = len(block_max) - n
+        threshold = np.partition(block_max, kth)[kth]
+        if np.isfinite(threshold):
+            candidates = np.flatnonzero(scores >= threshold)
+        else:  # fewer than n blocks hold a finite score: every finite score is a candidate
+            candidates = np.flatnonzero(np.isfinite(scores))
+    else:
+        candidates = np.flatnonzero(np.isfinite(scores))
+    if len(candidates) > 4 * n:  # many ties (e.g. a zero user vector): cut before sorting
+        candidates = candidates[np.argpartition(-scores[candidates], n - 1)[:n]]
+    order = np.lexsort((candidates, -scores[candidates]))
+    result: IndexArray = candidates[order[:n]].astype(np.int64)
+    return result
+
+
+def _csr_row(matrix: sp.csr_matrix, row: int) -> tuple[IndexArray, npt.NDArray[Any]]:
+    start, end = matrix.indptr[row], matrix.indptr[row + 1]
+    return matrix.indices[start:end].astype(np.int64), matrix.data[start:end]
+
+
+def _canonical_csr(matrix: sp.spmatrix | sp.sparray, dtype: Any) -> sp.csr_matrix:
+    result = sp.csr_matrix(matrix, dtype=dtype)
+    result.sum_duplicates()
+    result.sort_indices()
+    return result
+
+
+@dataclass
+class _CatalogIndex:
+    """Universe-index views of one `CatalogView` (see `Scorer` for the universe)."""
+
+    catalog: CatalogView
+    unrecommendable: BoolArray
+    members: dict[str, IndexArray] | None = None  # category -> universe indices, built lazily
+    blocked_by_categories: dict[frozenset[str], BoolArray] = field(default_factory=dict)
+
+
+@dataclass
+class _Plan:
+    """The working state of one request inside `recommend`."""
+
+    request: RecommendRequest
+    blocked: BoolArray  # universe mask: never return these
+    strategy: str = "popular"
+    user: int | None = None  # the user's model index, when known
+    vector: Float32Array | None = None  # the user's factors
+    # Fold-in input: item columns and summed weights (stored pairs + recent events).
+    fold_in_weights: tuple[IndexArray, Float32Array] | None = None
+    # The confidence row a folded-in vector was computed from (explain's input).
+    folded_row: tuple[IndexArray, Float32Array] | None = None
+    text_scores: Float32Array | None = None
+    items: list[tuple[int, float]] = field(default_factory=list)  # (universe index, score)
+    filled: bool = False
+
+
+@dataclass
+class _RecentSignals:
+    """The recent events and session items of one request, aggregated per item like training."""
+
+    weights: dict[str, float] = field(default_factory=dict)  # new positive weight per item
+    negative: set[str] = field(default_factory=set)  # newest signal negative
+    lifted: set[str] = field(default_factory=set)  # newest signal positive (lifts a stored one)
+    consumed: set[str] = field(default_factory=set)
+
+
+# --------------------------------------------------------------------------------------------
+# Scorer
+# --------------------------------------------------------------------------------------------
+
+
+class Scorer:
+    """One model version in memory; see the module docstring.
+
+    Items are addressed by a "universe" index: the model's items 0..n_items-1 (the factor
+    rows), then the items only the text index knows.
+    """
+
+    def __init__(
+        self,
+        artifact: ModelArtifact,
+        feature_config: FeatureConfig,
+        consumed_types: frozenset[str] = frozenset(DEFAULT_CONSUMED_TYPES),
+        query_taste_weight: float = 0.5,
+    ) -> None:
+        if not 0.0 <= query_taste_weight <= 1.0:
+            raise ValueError("query_taste_weight must be in [0, 1]")
+        self.version: str | None = artifact.version or None
+        self.params: ALSParams = artifact.params
+        self.feature_config = feature_config
+        self.consumed_types = frozenset(consumed_types)
+        # Weight of the user's ALS score against the text score when a query is re-ranked.
+        self.query_taste_weight = query_taste_weight
+        self._known_types = frozenset(feature_config.known_types)
+
+        self.users: Vocabulary = artifact.users
+        self.items: Vocabulary = artifact.items
+        self.n_items = len(self.items)
+        self._item_ids: list[str] = self.items.ids.tolist()
+        self._user_factors = np.ascontiguousarray(artifact.user_factors, dtype=np.float32)
+        self._item_factors = np.ascontiguousarray(artifact.item_factors, dtype=np.float32)
+        norms = np.linalg.norm(self._item_factors, axis=1, keepdims=True)
+        self._unit_item_factors = self._item_factors / np.where(norms > 0, norms, 1.0)
+        self._model = als_from_factors(self._user_factors, self._item_factors, self.params)
+        _ = self._model.YtY  # implicit caches it lazily; compute it before threads share it
+        # Stored rows are confidences; fold-in recovers weights with the log1p inverse (exact for
+        # the log1p scheme; for bm25 an approximation, as its idf needs every user).
+        self._fold_in_params = replace(self.params, confidence="log1p")
+        self._user_items = _canonical_csr(artifact.user_items, np.float32)
+        self._negatives = _canonical_csr(artifact.negatives, bool)
+        self._consumed = _canonical_csr(artifact.consumed, bool)
+
+        recent = np.asarray(artifact.recent_popularity, dtype=np.int64)
+        ever = np.asarray(artifact.popularity, dtype=np.int64)
+        index = np.arange(self.n_items)
+        self._popularity = {True: recent, False: ever}
+        self._popular_order: dict[bool, IndexArray] = {
+            True: np.lexsort((index, -ever, -recent)),  # recent window, ties by all-time
+            False: np.lexsort((index, -ever)),
+        }
+
+        self.text_index = artifact.text_index
+        self._text_to_universe = np.zeros(0, dtype=np.int64)
+        self._text_only_index: dict[str, int] = {}
+        self._universe_ids = list(self._item_ids)
+        if self.text_index is not None:
+            text_ids = self.text_index.items.ids.tolist()
+            position = self.items.indices_of(text_ids)
+            for j, t in enumerate(np.flatnonzero(position < 0).tolist()):
+                position[t] = self.n_items + j
+                self._text_only_index[text_ids[t]] = self.n_items + j
+                self._universe_ids.append(text_ids[t])
+            self._text_to_universe = position
+        self.n_universe = len(self._universe_ids)
+        self._catalog_cache: _CatalogIndex | None = None
+
+    @classmethod
+    def empty(
+        cls,
+        feature_config: FeatureConfig | None = None,
+        consumed_types: frozenset[str] = frozenset(DEFAULT_CONSUMED_TYPES),
+    ) -> Scorer:
+        """A scorer for before the first model: every answer is an empty "popular" list and
+        `similar` raises UnknownItem. Its `version` is None."""
+        params = ALSParams(factors=1, iterations=1)
+        nothing = sp.csr_matrix((0, 0), dtype=np.float32)
+        artifact = ModelArtifact(
+            version="",
+            params=params,
+            users=Vocabulary([]),
+            items=Vocabulary([]),
+            user_factors=np.zeros((0, 1), dtype=np.float32),
+            item_factors=np.zeros((0, 1), dtype=np.float32),
+            user_items=nothing,
+            negatives=nothing,
+            consumed=nothing,
+            popularity=np.zeros(0, dtype=np.int64),
+            recent_popularity=np.zeros(0, dtype=np.int64),
+            metrics={},
+            baseline_metrics={},
+            n_events=0,
+            created_at="",
+        )
+        return cls(artifact, feature_config or FeatureConfig(), consumed_types)
+
+    # ---------------------------------------------------------------------------------------
+    # Public API
+    # ---------------------------------------------------------------------------------------
+
+    def recommend(
+        self, requests: Sequence[RecommendRequest], catalog: CatalogView
+    ) -> list[RecommendResult]:
+        """Answer many requests at once (results in request order); see DESIGN.md section 2.
+
+        Strategy per request: a query (and a text index) -> "query"; else recent events or
+        session items that leave at least one positive model item -> "als_foldin"; else a user
+        known to the model -> "als" (a known user whose new events remove every positive pair
+        falls through to popular); else "popular".
+        """
+        index = self._catalog_index(catalog)
+        plans = [self._plan(request, index) for request in requests]
+
+        self._fold_in(plans)
+        for plan in plans:
+            if plan.text_scores is not None:
+                plan.strategy = "query"
+            elif plan.vector is not None:
+                plan.strategy = "als_foldin" if plan.folded_row is not None else "als"
+
+        ranked = [p for p in plans if p.strategy in ("als", "als_foldin")]
+        for start in range(0, len(ranked), MAX_BATCH_ROWS):
+            chunk = ranked[start : start + MAX_BATCH_ROWS]
+            vectors = np.stack([p.vector for p in chunk if p.vector is not None])
+            scores = vectors @ self._item_factors.T  # the one product for the whole chunk
+            for plan, row in zip(chunk, scores, strict=True):
+                np.copyto(row, np.float32(-np.inf), where=plan.blocked[: self.n_items])
+                top = _top_n(row, plan.request.n)
+                plan.items = list(zip(top.tolist(), row[top].tolist(), strict=True))
+
+        for plan in plans:
+            if plan.text_scores is not None:
+                plan.items = self._rank_text(
+                    plan.text_scores, plan.blocked, plan.request.n, plan.vector
+                )
+            self._fill_with_popular(plan, plan.request.n)
+        return [self._result(plan, catalog) for plan in plans]
+
+    def similar(
+        self,
+        item_id: str,
+        n: int,
+        categories: frozenset[str] | None,
+        catalog: CatalogView,
+        exclude: frozenset[str] = frozenset(),
+    ) -> RecommendResult:
+        """Items like `item_id`: cosine of ALS item factors ("als") when the model knows it,
+        else cosine of item text ("content") when the text index does; UnknownItem otherwise.
+        The item itself, unrecommendable, excluded and out-of-category items are left out."""
+        index = self._catalog_index(catalog)
+        blocked = self._blocked_base(index, categories).copy()
+        self._block_ids(blocked, exclude)
+        seed = self.items.index_of(item_id)
+        text_seed = self.text_index.items.index_of(item_id) if self.text_index else None
+        plan = _Plan(RecommendRequest(n=n, categories=categories), blocked)
+        if seed is not None:
+            blocked[seed] = True
+            row = self._unit_item_factors @ self._unit_item_factors[seed]
+            np.copyto(row, np.float32(-np.inf), where=blocked[: self.n_items])
+            top = _top_n(row, n)
+            plan.strategy = "als"
+            plan.items = list(zip(top.tolist(), row[top].tolist(), strict=True))
+        elif self.text_index is not None and text_seed is not None:
+            blocked[self._text_to_universe[text_seed]] = True
+            scores = self.text_index.similar(text_seed)
+            plan.strategy = "content"
+            plan.items = self._rank_text(scores, blocked, n)
+        else:
+            raise UnknownItem(item_id)
+        self._fill_with_popular(plan, n)
+        return self._result(plan, catalog)
+
+    def popular(
+        self,
+        n: int,
+        categories: frozenset[str] | None,
+        catalog: CatalogView,
+        recent: bool = True,
+        exclude: frozenset[str] = frozenset(),
+    ) -> RecommendResult:
+        """Most popular model items: distinct users in the model's recent window (ties and
+        zeros ordered by all-time popularity), or all-time when `recent` is False."""
+        index = self._catalog_index(catalog)
+        blocked = self._blocked_base(index, categories).copy()
+        self._block_ids(blocked, exclude)
+        plan = _Plan(RecommendRequest(n=n, categories=categories), blocked)
+        plan.items = self._popular_items(blocked, n, recent)
+        return self._result(plan, catalog)
+
+    def prepare_catalog(self, catalog: CatalogView) -> None:
+        """Optional: index a freshly refreshed catalog view now instead of on the first request
+        that needs it (category indexing walks the whole catalog once)."""
+        self._category_members(self._catalog_index(catalog))
+
+    # ---------------------------------------------------------------------------------------
+    # Catalog and filters
+    # ---------------------------------------------------------------------------------------
+
+    def _universe_index(self, item_id: str) -> int | None:
+        found = self.items.index_of(item_id)
+        return found if found is not None else self._text_only_index.get(item_id)
+
+    def _block_ids(self, blocked: BoolArray, item_ids: Iterable[str]) -> None:
+        for item_id in item_ids:
+            found = self._universe_index(item_id)
+            if found is not None:
+                blocked[found] = True
+
+    def _catalog_index(self, catalog: CatalogView) -> _CatalogIndex:
+        cached = self._catalog_cache  # read once: another thread may replace it
+        if cached is not None and cached.catalog is catalog:
+            return cached
+        unrecommendable = np.zeros(self.n_universe, dtype=bool)
+        self._block_ids(unrecommendable, catalog.unrecommendable)
+        fresh = _CatalogIndex(catalog, unrecommendable)
+        self._catalog_cache = fresh
+        return fresh
+
+    def _category_members(self, index: _CatalogIndex) -> dict[str, IndexArray]:
+        if index.members is None:
+            grouped: dict[str, list[int]] = {}
+            for item_id, item_categories in index.catalog.categories.items():
+                found = self._universe_index(item_id)
+                if found is not None:
+                    for category in item_categories:
+                        grouped.setdefault(category, []).append(found)
+            index.members = {c: np.asarray(v, dtype=np.int64) for c, v in grouped.items()}
+        return index.members
+
+    def _blocked_base(self, index: _CatalogIndex, categories: frozenset[str] | None) -> BoolArray:
+        """Unrecommendable items, plus items in none of `categories` when given (shared: copy
+        before changing)."""
+        if categories is None:
+            return index.unrecommendable
+        cached = index.blocked_by_categories.get(categories)
+        if cached is None:
+            members = self._category_members(index)
+            cached = np.ones(self.n_universe, dtype=bool)
+            for category in categories:
+                if category in members:
+                    cached[members[category]] = False
+            cached |= index.unrecommendable
+            if len(index.blocked_by_categories) >= _MAX_CACHED_CATEGORY_SETS:
+                index.blocked_by_categories.clear()
+            index.blocked_by_categories[categories] = cached
+        return cached
+
+    # ---------------------------------------------------------------------------------------
+    # Planning and fold-in
+    # ---------------------------------------------------------------------------------------
+
+    def _plan(self, request: RecommendRequest, index: _CatalogIndex) -> _Plan:
+        blocked = self._blocked_base(index, request.categories).copy()
+        self._block_ids(blocked, request.exclude)
+        plan = _Plan(request, blocked)
+        user = self.users.index_of(request.user_id) if request.user_id is not None else None
+        signals = self._recent_signals(request)
+        if user is not None:
+            blocked[_csr_row(self._consumed, user)[0]] = True
+            stored_negatives = _csr_row(self._negatives, user)[0]
+            if signals.lifted and len(stored_negatives):
+                lifted = self.items.indices_of(signals.lifted)
+                stored_negatives = np.setdiff1d(stored_negatives, lifted)
+            blocked[stored_negatives] = True
+        self._block_ids(blocked, signals.consumed | signals.negative)
+
+        if request.recent or request.session_items:
+            columns, weights = self._combined_weights(user, signals)
+            if len(columns):
+                plan.fold_in_weights = (columns, weights)
+        elif user is not None:
+            plan.user = user
+            plan.vector = self._user_factors[user]
+
+        query = (request.query or "").strip()
+        if query and self.text_index is not None:
+            plan.text_scores = self.text_index.query(query)
+        return plan
+
+    def _recent_signals(self, request: RecommendRequest) -> _RecentSignals:
+        """Aggregate events per item the way `features.build_interactions` does: weights by
+        type (ratings times their value), the newest signal decides the polarity. Session items
+        count as "view" events that are older than everything else, so they never lift a
+        dislike. Not applied: time decay (these events are younger than the model)."""
+        config = self.feature_config
+        signals = _RecentSignals()
+        newest_positive: dict[str, float] = {}
+        newest_negative: dict[str, float] = {}
+        for event in request.recent:
+            if event.type in self.consumed_types:
+                signals.consumed.add(event.item_id)
+            if event.type not in self._known_types:
+                continue
+            negative = event.type in config.negative_types
+            weight = config.event_weights.get(event.type, 0.0)
+            if event.type == config.rating_type:
+                value = None if event.value is None or math.isnan(event.value) else event.value
+                weight *= 1.0 if value is None else max(value, 0.0)  # no value counts as 1
+                threshold = config.rating_negative_below
+                if threshold is not None and value is not None and value < threshold:
+                    negative = True
+            newest = newest_negative if negative else newest_positive
+            newest[event.item_id] = max(newest.get(event.item_id, -math.inf), event.occurred_at)
+            if not negative:
+                signals.weights[event.item_id] = signals.weights.get(event.item_id, 0.0) + weight
+        view_weight = config.event_weights.get("view", 1.0)
+        for item_id in request.session_items:
+            signals.weights[item_id] = signals.weights.get(item_id, 0.0) + view_weight
+        for item_id, when in newest_negative.items():
+            if when >= newest_positive.get(item_id, -math.inf):  # ties count as negative
+                signals.negative.add(item_id)
+        signals.lifted = set(newest_positive) - signals.negative
+        return signals
+
+    def _combined_weights(
+        self, user: int | None, signals: _RecentSignals
+    ) -> tuple[IndexArray, Float32Array]:
+        """The user's stored pairs plus the recent weights: sorted item columns, weights."""
+        weights: dict[int, float] = {}
+        if user is not None:
+            columns, stored = _csr_row(self._user_items, user)
+            alpha = self._fold_in_params.alpha
+            recovered = (
+                np.expm1((stored.astype(np.float64) - 1.0) / alpha)
+                if alpha > 0
+                else np.ones(len(stored))
+            )
+            weights = dict(zip(columns.tolist(), recovered.tolist(), strict=True))
+        negative = {self.items.index_of(i) for i in signals.negative}
+        stored_negative = (
+            set(_csr_row(self._negatives, user)[0].tolist()) if user is not None else set()
+        )
+        lifted = {self.items.index_of(i) for i in signals.lifted}
+        for item_id, weight in signals.weights.items():
+            column = self.items.index_of(item_id)
+            if column is None or column in negative:
+                continue
+            if column in stored_negative and column not in lifted:
+                continue
+            weights[column] = weights.get(column, 0.0) + weight
+        for column in negative:
+            if column is not None:
+                weights.pop(column, None)
+        cap = self.feature_config.weight_cap
+        pairs = sorted((c, min(w, cap) if cap is not None else w) for c, w in weights.items())
+        pairs = [(c, w) for c, w in pairs if w > 0]
+        columns = np.asarray([c for c, _ in pairs], dtype=np.int64)
+        return columns, np.asarray([w for _, w in pairs], dtype=np.float32)
+
+    def _fold_in(self, plans: list[_Plan]) -> None:
+        """Recompute the factors of every folded-in user: one confidence conversion and one
+        implicit call for the whole batch (both work row by row, so batching changes nothing)."""
+        parts = [p.fold_in_weights for p in plans if p.fold_in_weights is not None]
+        if not parts:
+            return
+        indptr = np.zeros(len(parts) + 1, dtype=np.int64)
+        np.cumsum([len(columns) for columns, _ in parts], out=indptr[1:])
+        weights = sp.csr_matrix(
+            (
+                np.concatenate([w for _, w in parts]),
+                np.concatenate([c for c, _ in parts]).astype(np.int32),
+                indptr.astype(np.int32),
+            ),
+            shape=(len(parts), self.n_items),
+        )
+        weights.has_sorted_indices = True
+        rows = self._fold_in_params.confidence_of(weights)
+        # Called on the model directly rather than through training.fold_in_users: its
+        # threadpool_limits context costs ~1.5 ms, more than the fold-in itself.
+        vectors = np.atleast_2d(self._model.recalculate_user(np.arange(len(parts)), rows))
+        folded = (p for p in plans if p.fold_in_weights is not None)
+        for number, plan in enumerate(folded):
+            start, end = rows.indptr[number], rows.indptr[number + 1]
+            plan.folded_row = (rows.indices[start:end].astype(np.int64), rows.data[start:end])
+            plan.vector = np.asarray(vectors[number], dtype=np.float32)
+
+    # ---------------------------------------------------------------------------------------
+    # Ranking
+    # ---------------------------------------------------------------------------------------
+
+    def _rank_text(
+        self,
+        text_scores: Float32Array,
+        blocked: BoolArray,
+        n: int,
+        vector: Float32Array | None = None,
+    ) -> list[tuple[int, float]]:
+        """Items with a positive text score, best first; with a user vector the score blends
+        text (scaled to the best match) and taste (the user's ALS scores min-max scaled over the
+        candidates; items unknown to the model get the neutral 0.5)."""
+        text_candidates = np.flatnonzero(text_scores > 0)
+        universe = self._text_to_universe[text_candidates]
+        keep = ~blocked[universe]
+        text_candidates, universe = text_candidates[keep], universe[keep]
+        if len(universe) == 0 or n <= 0:
+            return []
+        text = text_scores[text_candidates].astype(np.float64)
+        scores = text / text.max()
+        if vector is not None:
+            taste = np.full(len(universe), 0.5)
+            in_model = universe < self.n_items
+            if in_model.any():
+                als = (self._item_factors[universe[in_model]] @ vector).astype(np.float64)
+                low, high = als.min(), als.max()
+                taste[in_model] = (als - low) / (high - low) if high > low else 0.5
+            weight = self.query_taste_weight
+            scores = (1.0 - weight) * scores + weight * taste
+        order = np.lexsort((universe, -scores))[:n]
+        return list(zip(universe[order].tolist(), scores[order].tolist(), strict=True))
+
+    def _popular_items(
+        self, blocked: BoolArray, n: int, recent: bool = True
+    ) -> list[tuple[int, float]]:
+        order = self._popular_order[recent]
+        popularity = self._popularity[recent]
+        chosen: list[int] = []
+        step = max(4 * n, 1024)
+        # Scan the popularity order in chunks: the first chunk nearly always suffices.
+        for start in range(0, len(order), step):
+            if len(chosen) >= n:
+                break
+            chunk = order[start : start + step]
+            chosen.extend(chunk[~blocked[chunk]][: n - len(chosen)].tolist())
+        return [(i, float(popularity[i])) for i in chosen]
+
+    def _fill_with_popular(self, plan: _Plan, n: int) -> None:
+        missing = n - len(plan.items)
+        if missing <= 0:
+            return
+        blocked = plan.blocked.copy()
+        blocked[[i for i, _ in plan.items]] = True
+        fill = self._popular_items(blocked, missing)
+        plan.filled = bool(fill) and plan.strategy != "popular"
+        plan.items.extend(fill)
+
+    # ---------------------------------------------------------------------------------------
+    # Results and explanations
+    # ---------------------------------------------------------------------------------------
+
+    def _result(self, plan: _Plan, catalog: CatalogView) -> RecommendResult:
+        titles = catalog.titles
+        reasons = self._reasons(plan, titles) if plan.request.explain else None
+        items = [
+            Recommendation(
+                item_id=self._universe_ids[i],
+                score=float(score),
+                title=titles.get(self._universe_ids[i], ""),
+                reasons=reasons[position] if reasons is not None else None,
+            )
+            for position, (i, score) in enumerate(plan.items)
+        ]
+        strategy = plan.strategy + ("+popular" if plan.filled else "")
+        return RecommendResult(strategy=strategy, items=items, user_id=plan.request.user_id)
+
+    def _reasons(self, plan: _Plan, titles: Mapping[str, str]) -> list[list[Reason]]:
+        """implicit's `explain` per recommended model item, from the row the user's factors
+        were (re)computed from. Items outside the model, or users without a row, get []."""
+        if plan.folded_row is not None:
+            columns, confidence = plan.folded_row
+        elif plan.user is not None:
+            columns, confidence = _csr_row(self._user_items, plan.user)
+        else:
+            return [[] for _ in plan.items]
+        row = sp.csr_matrix(
+            (confidence.astype(np.float32), columns.astype(np.int32), [0, len(columns)]),
+            shape=(1, self.n_items),
+        )
+        factorized: Any = None  # implicit's cached Cholesky factor of this user
+        reasons: list[list[Reason]] = []
+        for i, _ in plan.items:
+            if i >= self.n_items:
+                reasons.append([])
+                continue
+            _, contributions, factorized = self._model.explain(
+                0, row, i, user_weights=factorized, N=EXPLAIN_REASONS
+            )
+            reasons.append(
+                [
+                    Reason(self._item_ids[j], titles.get(self._item_ids[j], ""), float(w))
+                    for j, w in contributions
+                    if w > 0
+                ]
+            )
+        return reasons
