@@ -234,3 +234,32 @@ def test_killed_training_leaves_no_version_and_the_active_model(
             demo.models_dir / artifact.list_versions(demo.models_dir)[-1] / "manifest.json"
         ).read_text()
     )["version"]
+
+
+def test_tune_saves_the_best_parameters_for_training(
+    recsvc_env: Settings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["tune", "--budget", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "best of" in out
+    tuned = json.loads((recsvc_env.models_dir / "tuned_params.json").read_text())
+    rows = [line for line in out.splitlines() if line.startswith(("log1p", "bm25"))]
+    assert len(rows) == tuned["trials"] >= 1
+    best = rows[0].split()
+    assert float(best[4]) == pytest.approx(tuned["metrics"]["ndcg@10"], abs=1e-4)
+    assert [float(line.split()[4]) for line in rows] == sorted(
+        (float(line.split()[4]) for line in rows), reverse=True
+    )
+
+    assert cli.main(["train", "--force"]) == 0
+    version = artifact.list_versions(recsvc_env.models_dir)[-1]
+    params = artifact.read_manifest(recsvc_env.models_dir / version)["params"]
+    for name, value in tuned["params"].items():
+        assert params[name] == value
+
+    # an explicit setting still wins over the tuned value
+    monkeypatch.setenv("RECSVC_ALS_FACTORS", "7")
+    get_settings.cache_clear()
+    assert cli.main(["train", "--force"]) == 0
+    version = artifact.list_versions(recsvc_env.models_dir)[-1]
+    assert artifact.read_manifest(recsvc_env.models_dir / version)["params"]["factors"] == 7

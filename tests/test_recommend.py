@@ -12,6 +12,7 @@ import pytest
 from fastapi import FastAPI
 
 from conftest import INGEST, OPS, READ
+from recsvc import db, metrics, registry
 from recsvc.config import Settings
 from recsvc.demo_data import generate
 from test_models import load_demo, wait_for_job
@@ -250,3 +251,33 @@ async def test_concurrent_requests_share_batches(live: httpx.AsyncClient) -> Non
     one_by_one = [ids(await get(live, u, n=5)) for u in users]
     together = await asyncio.gather(*(get(live, u, n=5) for u in users))
     assert [ids(r) for r in together] == one_by_one
+
+
+async def test_a_corrupt_activated_model_is_refused_and_the_old_one_serves(
+    live: httpx.AsyncClient, app: FastAPI, trained: Settings
+) -> None:
+    serving = app.state.serving
+    serving_before = serving.version
+    newer = await train(live, app, force=True)
+    # roll back to the first version, then break the newer one on disk and activate it behind
+    # the API's back (as another replica or an operator with SQL could)
+    assert (
+        await live.post(f"/v1/models/{serving_before}/activate", headers=OPS)
+    ).status_code == 200
+    await serving.refresh()
+    assert serving.version == serving_before
+    (trained.models_dir / newer / "factors.npz").write_bytes(b"garbage")
+    engine = db.make_engine(trained.database_url)
+    try:
+        async with db.make_sessionmaker(engine)() as session, session.begin():
+            await registry.activate(session, newer)
+    finally:
+        await engine.dispose()
+    failures = metrics.MODEL_LOAD_FAILURES._value.get()
+    await serving.refresh()
+    assert serving.version == serving_before
+    assert metrics.MODEL_LOAD_FAILURES._value.get() == failures + 1
+    ready = (await live.get("/readyz")).json()
+    assert ready["model"] == serving_before
+    assert newer in ready["model_error"]
+    assert (await get(live, "u00003"))["model_version"] == serving_before

@@ -508,7 +508,7 @@ async def _recent(serving: Serving, user_id: str) -> tuple[scorer.RecentEvent, .
         return ()
 
 
-def _serving(request: Request) -> Serving:
+async def _serving(request: Request) -> Serving:  # async: a def would hop to a thread
     serving: Serving = request.app.state.serving
     return serving
 

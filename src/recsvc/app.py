@@ -88,7 +88,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
-            serving.close()
+            await serving.close()
             await engine.dispose()
 
     app = FastAPI(

@@ -61,7 +61,9 @@ def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
 
         return engine
     if "poolclass" not in kwargs:
-        kwargs.update(pool_size=10, max_overflow=10, pool_timeout=5)
+        # Enough pooled connections for a worker's concurrent requests: connections beyond
+        # pool_size are closed after use, and reconnecting on every request is expensive.
+        kwargs.update(pool_size=20, max_overflow=10, pool_timeout=5)
     return create_async_engine(
         url,
         pool_pre_ping=True,  # a connection that died with the server is replaced, not used

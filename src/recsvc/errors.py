@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from http import HTTPStatus
 from typing import Any
 
+import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -127,6 +128,8 @@ def is_database_unavailable(exc: BaseException) -> bool:
         return True
     if isinstance(exc, sa_exc.TimeoutError):  # pool exhausted while connections hang
         return True
+    if isinstance(exc, asyncpg.PostgresConnectionError | asyncpg.InterfaceError):
+        return True  # the serving hot path talks to asyncpg directly
     return isinstance(exc, OSError | TimeoutError)
 
 

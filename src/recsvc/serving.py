@@ -16,6 +16,7 @@ batcher that scores concurrent requests together.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -51,7 +52,7 @@ class Serving:
         sessionmaker: async_sessionmaker[AsyncSession],
     ) -> None:
         self.settings = settings
-        self.engine = engine
+        self._recent_events = ingest.RecentEventsReader(engine)
         self.sessionmaker = sessionmaker
         self._features = feature_config(settings)
         self._consumed = frozenset(settings.consumed_event_types)
@@ -98,6 +99,12 @@ class Serving:
         scorer.prepare_catalog(self.catalog)
         self.scorer, self.events_until = scorer, events_until  # the swap
         self._failed_version, self.load_error = None, None
+        # The model's millions of long-lived objects (id maps) would otherwise be walked by
+        # every full garbage collection: measured, p99 latency fell from 131 ms to 31 ms.
+        # Unfreezing first lets the previous model's cycles be collected.
+        gc.unfreeze()
+        gc.collect()
+        gc.freeze()
         metrics.MODEL_VERSION.info({"version": active.version})
         log.info(
             "serving model %s (loaded in %.2f s)", active.version, time.perf_counter() - started
@@ -136,8 +143,7 @@ class Serving:
 
     async def recent_events(self, user_id: str) -> tuple[RecentEvent, ...]:
         """The user's events newer than the model: one indexed query."""
-        async with self.engine.connect() as conn:
-            rows = await ingest.recent_events(conn, user_id, self.events_until)
+        rows = await self._recent_events(user_id, self.events_until)
         return tuple(RecentEvent(*row) for row in rows)
 
     async def recommend(self, request: RecommendRequest) -> RecommendResult:
@@ -198,5 +204,6 @@ class Serving:
                 break
         return RecommendResult("popular", items)
 
-    def close(self) -> None:
+    async def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+        await self._recent_events.close()

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -214,10 +214,12 @@ def split_holdout(
     fraction: float = 0.2,
     seed: int = 42,
     min_interactions: int = 3,
+    by: Literal["newest", "random"] = "newest",
 ) -> Holdout:
     """Per user, the newest `fraction` of their items (by `last_seen`, at least one, at most all
-    but one) goes to test. Users with fewer than `min_interactions` items stay whole in train.
-    Ties in time are broken by a seeded random draw, so the split is deterministic.
+    but one) goes to test; with by="random", a seeded random `fraction` instead. Users with
+    fewer than `min_interactions` items stay whole in train. Ties in time are broken by a seeded
+    random draw, so the split is deterministic.
     """
     if not 0 < fraction < 1:
         raise ValueError("fraction must be in (0, 1)")
@@ -231,7 +233,8 @@ def split_holdout(
     per_user = np.diff(weights.indptr)
     rows = np.repeat(np.arange(len(per_user)), per_user)
     tiebreak = np.random.default_rng(seed).random(weights.nnz)
-    order = np.lexsort((tiebreak, -last_seen.data, rows))  # by user, newest first
+    newest_first = -last_seen.data if by == "newest" else np.zeros(weights.nnz)
+    order = np.lexsort((tiebreak, newest_first, rows))  # by user, newest (or random) first
     position = np.empty(weights.nnz, dtype=np.int64)
     position[order] = np.arange(weights.nnz) - weights.indptr[rows[order]]
     n_test = np.clip(np.floor(fraction * per_user + 0.5), 1, per_user - 1)
@@ -532,3 +535,53 @@ def is_not_worse(comparison: Comparison | None, key: str = "ndcg@10") -> bool:
         return True
     candidate, active = comparison.candidate[key], comparison.active[key]
     return candidate >= active - 1e-9 or math.isclose(candidate, active)
+
+
+# --------------------------------------------------------------------------------------------
+# Hyperparameter search
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Trial:
+    params: ALSParams
+    metrics: Metrics
+    seconds: float
+
+
+def tuning_grid(base: ALSParams) -> list[ALSParams]:
+    """The bounded search space of `recsvc tune`. Regularization matters most and depends on
+    the data (implicit does not scale it by density); see bench/ml100k_research.py."""
+    return [
+        replace(base, factors=factors, regularization=reg, alpha=alpha, confidence=scheme)
+        for scheme in ("log1p", "bm25")
+        for reg in (3.0, 10.0, 30.0, 100.0)
+        for alpha in (1.0, 2.0, 5.0)
+        for factors in (32, 64, 128)
+    ]
+
+
+def tune(
+    holdout: Holdout,
+    grid: Sequence[ALSParams],
+    budget_seconds: float,
+    seed: int = 42,
+    negatives: sp.csr_matrix | None = None,
+    on_trial: Callable[[Trial], None] | None = None,
+) -> list[Trial]:
+    """Fit and score grid points in a seeded random order until the time budget is spent;
+    the trials, best ndcg@10 first. At least one trial always runs."""
+    order = np.random.default_rng(seed).permutation(len(grid))
+    deadline = time.monotonic() + budget_seconds
+    trials: list[Trial] = []
+    for position in order:
+        if trials and time.monotonic() >= deadline:
+            break
+        params = grid[int(position)]
+        start = time.perf_counter()
+        model = fit_als(params.confidence_of(holdout.train), params)
+        metrics = evaluate(model, holdout.train, holdout.test, 10, negatives)
+        trials.append(Trial(params, metrics, time.perf_counter() - start))
+        if on_trial is not None:
+            on_trial(trials[-1])
+    return sorted(trials, key=lambda t: -t.metrics["ndcg@10"])

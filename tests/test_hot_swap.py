@@ -1,0 +1,115 @@
+"""Activation under load: `recsvc serve --workers 2` switches versions without a failed request,
+and every worker serves the new version within 5 seconds."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from conftest import KEYS, OPS, READ, free_port
+from recsvc import cli, db, registry
+from recsvc.config import Settings, get_settings
+from test_models import load_demo
+
+
+def train_version(settings: Settings, monkeypatch: pytest.MonkeyPatch, force: bool) -> None:
+    monkeypatch.setenv("RECSVC_DATABASE_URL", settings.database_url)
+    monkeypatch.setenv("RECSVC_MODELS_DIR", str(settings.models_dir))
+    get_settings.cache_clear()
+    try:
+        assert cli.main(["train", "--force"] if force else ["train"]) == 0
+    finally:
+        get_settings.cache_clear()
+
+
+@pytest.fixture
+def two_workers(settings: Settings) -> Iterator[str]:
+    port = free_port()
+    env = {
+        **os.environ,
+        "RECSVC_DATABASE_URL": settings.database_url,
+        "RECSVC_MODELS_DIR": str(settings.models_dir),
+        "RECSVC_API_KEYS": json.dumps(KEYS),
+    }
+    command = [sys.executable, "-m", "recsvc", "serve", "--port", str(port), "--workers", "2"]
+    with subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL) as proc:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                ready = httpx.get(f"{base}/readyz", timeout=2).json()
+                if ready["model"] != "none_trained":
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, "server did not start"
+            time.sleep(0.2)
+        try:
+            yield base
+        finally:
+            proc.terminate()
+            proc.wait(30)
+
+
+@pytest.fixture
+def versions(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[str, str]:
+    """Two trained versions; the older one is active when the server starts."""
+    load_demo(settings, tmp_path / "data", n_users=600, n_items=120)
+    train_version(settings, monkeypatch, force=False)
+    train_version(settings, monkeypatch, force=True)
+    older, newer = sorted(p.name for p in settings.models_dir.iterdir() if p.is_dir())
+
+    async def activate_older() -> None:
+        engine = db.make_engine(settings.database_url)
+        try:
+            async with db.make_sessionmaker(engine)() as session, session.begin():
+                await registry.activate(session, older)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(activate_older())
+    return older, newer
+
+
+def test_activation_under_load(versions: tuple[str, str], two_workers: str) -> None:
+    older, newer = versions
+    seen: list[tuple[float, int, str | None]] = []
+
+    async def load(stop_at: float, client: httpx.AsyncClient, worker: int) -> None:
+        i = worker
+        while time.monotonic() < stop_at:
+            user = f"u{(i % 600) + 1:05d}"
+            i += 8
+            response = await client.get(f"/v1/users/{user}/recommendations?n=5", headers=READ)
+            version = response.json().get("model_version") if response.status_code == 200 else None
+            seen.append((time.monotonic(), response.status_code, version))
+
+    async def scenario() -> float:
+        async with httpx.AsyncClient(base_url=two_workers, timeout=30) as client:
+            stop_at = time.monotonic() + 9.0
+            loaders = [asyncio.create_task(load(stop_at, client, w)) for w in range(8)]
+            await asyncio.sleep(2.0)
+            activated_at = time.monotonic()
+            switch = await client.post(f"/v1/models/{newer}/activate", headers=OPS)
+            assert switch.status_code == 200
+            await asyncio.gather(*loaders)
+            return activated_at
+
+    activated_at = asyncio.run(scenario())
+    assert len(seen) > 100
+    assert {status for _, status, _ in seen} == {200}, "no request may fail"
+    before = {version for at, _, version in seen if at < activated_at}
+    settled = {version for at, _, version in seen if at > activated_at + 5.0}
+    assert before == {older}
+    assert settled == {newer}, "every worker serves the new version within 5 s"
