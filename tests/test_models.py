@@ -91,6 +91,19 @@ def test_two_forced_runs_give_identical_metrics(
     assert "candidate vs active" in second
 
 
+def test_evaluate_scores_the_active_model(
+    recsvc_env: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["evaluate"]) == 1
+    assert "no model is active" in capsys.readouterr().err
+    assert cli.main(["train"]) == 0
+    capsys.readouterr()
+    assert cli.main(["evaluate"]) == 0
+    out = capsys.readouterr().out
+    active, popularity = metrics_row(out, "active"), metrics_row(out, "popularity")
+    assert active[0] > popularity[0]
+
+
 def test_train_with_no_events_fails_clearly(
     settings: Settings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -251,15 +264,18 @@ def test_tune_saves_the_best_parameters_for_training(
         (float(line.split()[4]) for line in rows), reverse=True
     )
 
-    assert cli.main(["train", "--force"]) == 0
-    version = artifact.list_versions(recsvc_env.models_dir)[-1]
-    params = artifact.read_manifest(recsvc_env.models_dir / version)["params"]
+    def train_params() -> dict[str, object]:
+        """Train, and return the parameters of the version it wrote."""
+        before = set(artifact.list_versions(recsvc_env.models_dir))
+        assert cli.main(["train", "--force"]) == 0
+        (version,) = set(artifact.list_versions(recsvc_env.models_dir)) - before
+        return artifact.read_manifest(recsvc_env.models_dir / version)["params"]
+
+    params = train_params()
     for name, value in tuned["params"].items():
         assert params[name] == value
 
     # an explicit setting still wins over the tuned value
     monkeypatch.setenv("RECSVC_ALS_FACTORS", "7")
     get_settings.cache_clear()
-    assert cli.main(["train", "--force"]) == 0
-    version = artifact.list_versions(recsvc_env.models_dir)[-1]
-    assert artifact.read_manifest(recsvc_env.models_dir / version)["params"]["factors"] == 7
+    assert train_params()["factors"] == 7

@@ -156,6 +156,27 @@ def cmd_train(args: argparse.Namespace) -> int:
     return asyncio.run(_train(_settings(), args.force))
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from recsvc import pipeline
+
+    settings = _settings()
+
+    async def go() -> int:
+        await db.upgrade(settings.database_url)
+        engine = db.make_engine(settings.database_url)
+        try:
+            _, rows = await pipeline.run_evaluation(settings, db.make_sessionmaker(engine))
+        except ValueError as exc:
+            print(f"recsvc evaluate: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            await engine.dispose()
+        print(metrics_table(rows))
+        return 0
+
+    return asyncio.run(go())
+
+
 def cmd_tune(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -317,6 +338,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--force", action="store_true", help="activate even if worse")
     train.set_defaults(func=cmd_train)
+
+    evaluate = sub.add_parser(
+        "evaluate",
+        help="offline metrics of the active model and the popularity baseline, fresh holdout",
+    )
+    evaluate.set_defaults(func=cmd_evaluate)
 
     tune = sub.add_parser(
         "tune",

@@ -30,7 +30,10 @@ from recsvc.training import (
     ActiveModel,
     ALSParams,
     Comparison,
+    PopularityModel,
     Trial,
+    evaluate,
+    evaluate_active,
     is_not_worse,
     sample_test_users,
     split_holdout,
@@ -381,3 +384,43 @@ async def run_job(
     async with sessionmaker() as session, session.begin():
         await registry.job_finished(session, job_id, version=outcome.version, error=None)
     return outcome
+
+
+async def run_evaluation(
+    settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]
+) -> tuple[str, dict[str, dict[str, float]]]:
+    """`recsvc evaluate`: the active model and the popularity baseline on a fresh holdout of
+    each user's newest interactions. The active model is scored the way it serves a user with
+    new events (user factors recomputed from the training part), so its numbers include pairs
+    it may have been trained on: compare it with the baseline, not with a training run."""
+    async with sessionmaker() as session:
+        table = await ingest.read_events(session)
+        active = await registry.active_version(session)
+    if active is None:
+        raise ValueError("no model is active yet: run `recsvc train` first")
+    if not len(table):
+        raise ValueError("there are no events to evaluate on")
+
+    def score() -> dict[str, dict[str, float]]:
+        model = _load_active(active.artifact_path)
+        if model is None:
+            raise ValueError(f"the artifact of {active.version} cannot be loaded")
+        events = EventColumns(
+            table.user_ids, table.item_ids, table.types, table.values, table.occurred_at
+        )
+        interactions = build_interactions(events, feature_config(settings))
+        holdout = sample_test_users(
+            split_holdout(interactions, settings.holdout_fraction, settings.random_seed),
+            settings.eval_max_users,
+            settings.random_seed,
+        )
+        negatives = interactions.negatives
+        popularity = PopularityModel.fit(holdout.train)
+        return {
+            f"active {active.version}": evaluate_active(
+                model, interactions.items, holdout, negatives
+            ),
+            "popularity": evaluate(popularity, holdout.train, holdout.test, 10, negatives),
+        }
+
+    return active.version, await asyncio.to_thread(score)
