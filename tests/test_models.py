@@ -14,9 +14,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from fastapi import FastAPI
 
 from conftest import OPS, READ, scalar
-from recsvc import artifact, cli, db
+from recsvc import artifact, cli, db, jobs
 from recsvc.bulk import run_import
 from recsvc.config import Settings, get_settings
 from recsvc.demo_data import generate, write_jsonl
@@ -279,3 +280,28 @@ def test_tune_saves_the_best_parameters_for_training(
     monkeypatch.setenv("RECSVC_ALS_FACTORS", "7")
     get_settings.cache_clear()
     assert train_params()["factors"] == 7
+
+
+async def test_scheduled_training_and_pruning(
+    demo: Settings, app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    """The schedule trains by itself; versions beyond keep_versions leave disk and the list."""
+    app.state.settings = demo.model_copy(update={"keep_versions": 1})
+    schedule = asyncio.create_task(jobs.schedule(app, 0.05))
+    try:
+        deadline = time.monotonic() + 60
+        while (
+            len(artifact.list_versions(demo.models_dir)) < 1
+            or len((await client.get("/v1/models", headers=READ)).json()["versions"]) < 2
+        ):
+            assert time.monotonic() < deadline, "the schedule did not train twice"
+            await asyncio.sleep(0.2)
+    finally:
+        schedule.cancel()
+        await asyncio.gather(schedule, return_exceptions=True)
+    listed = (await client.get("/v1/models", headers=READ)).json()["versions"]
+    on_disk = set(artifact.list_versions(demo.models_dir))
+    active = (await client.get("/v1/models/active", headers=READ)).json()["version"]
+    assert active in on_disk
+    assert len(on_disk) <= 2  # the newest one, and the active one if that is another
+    assert {v["version"] for v in listed} == on_disk
