@@ -7,9 +7,12 @@ import asyncio
 import logging
 import math
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 from pydantic import ValidationError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from recsvc import db
 from recsvc.config import Settings, get_settings
@@ -22,6 +25,17 @@ def _settings() -> Settings:
         return get_settings()
     except ValidationError as exc:
         raise SystemExit(f"recsvc: invalid RECSVC_* setting:\n{exc}") from None
+
+
+@asynccontextmanager
+async def _database(settings: Settings) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    """The configured database, migrated if needed, for the length of one command."""
+    await db.upgrade(settings.database_url)
+    engine = db.make_engine(settings.database_url)
+    try:
+        yield db.make_sessionmaker(engine)
+    finally:
+        await engine.dispose()
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -59,19 +73,15 @@ def cmd_import(args: argparse.Namespace) -> int:
     settings = _settings()
 
     async def go() -> int:
-        await db.upgrade(settings.database_url)
-        engine = db.make_engine(settings.database_url)
-        try:
+        async with _database(settings) as sessionmaker:
             report = await run_import(
                 args.kind,
                 args.file,
-                db.make_sessionmaker(engine),
+                sessionmaker,
                 ValidationRules.from_settings(settings),
                 batch_size=args.batch_size,
                 progress=not args.quiet,
             )
-        finally:
-            await engine.dispose()
         extra = f", {report.duplicates} duplicates skipped" if args.kind == "events" else ""
         print(
             f"{args.kind}: {report.read} rows read, {report.stored} stored{extra}, "
@@ -106,10 +116,7 @@ async def _train(settings: Settings, force: bool) -> int:
     from recsvc import pipeline, registry
     from recsvc.errors import Conflict
 
-    await db.upgrade(settings.database_url)
-    engine = db.make_engine(settings.database_url)
-    sessionmaker = db.make_sessionmaker(engine)
-    try:
+    async with _database(settings) as sessionmaker:
         async with sessionmaker() as session:
             try:
                 job = await registry.create_job(session, force, settings.job_stale_after)
@@ -122,8 +129,6 @@ async def _train(settings: Settings, force: bool) -> int:
         except Exception as exc:
             print(f"recsvc train: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
             return 1
-    finally:
-        await engine.dispose()
     print(
         f"version {outcome.version}: {outcome.n_users:,} users, {outcome.n_items:,} items, "
         f"{outcome.n_events:,} events"
@@ -162,15 +167,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     settings = _settings()
 
     async def go() -> int:
-        await db.upgrade(settings.database_url)
-        engine = db.make_engine(settings.database_url)
-        try:
-            _, rows = await pipeline.run_evaluation(settings, db.make_sessionmaker(engine))
-        except ValueError as exc:
-            print(f"recsvc evaluate: {exc}", file=sys.stderr)
-            return 1
-        finally:
-            await engine.dispose()
+        async with _database(settings) as sessionmaker:
+            try:
+                _, rows = await pipeline.run_evaluation(settings, sessionmaker)
+            except ValueError as exc:
+                print(f"recsvc evaluate: {exc}", file=sys.stderr)
+                return 1
         print(metrics_table(rows))
         return 0
 
@@ -185,22 +187,15 @@ def cmd_tune(args: argparse.Namespace) -> int:
     settings = _settings()
 
     async def go() -> int:
-        await db.upgrade(settings.database_url)
-        engine = db.make_engine(settings.database_url)
-        bar = tqdm(desc="tune", unit=" trials", file=sys.stderr, disable=None)
-        try:
-            trials = await pipeline.run_tuning(
-                settings,
-                db.make_sessionmaker(engine),
-                args.budget,
-                on_trial=lambda trial: bar.update(1),
-            )
-        except ValueError as exc:
-            print(f"recsvc tune: {exc}", file=sys.stderr)
-            return 1
-        finally:
-            bar.close()
-            await engine.dispose()
+        async with _database(settings) as sessionmaker:
+            with tqdm(desc="tune", unit=" trials", file=sys.stderr, disable=None) as bar:
+                try:
+                    trials = await pipeline.run_tuning(
+                        settings, sessionmaker, args.budget, on_trial=lambda _: bar.update(1)
+                    )
+                except ValueError as exc:
+                    print(f"recsvc tune: {exc}", file=sys.stderr)
+                    return 1
         header = f"{'confidence':<11}{'factors':>8}{'reg':>8}{'alpha':>7}"
         print(header + "".join(f"{m:>14}" for m in METRIC_ORDER) + f"{'seconds':>9}")
         for trial in trials:
@@ -239,10 +234,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     settings = _settings()
 
     async def load() -> None:
-        await db.upgrade(settings.database_url)
-        engine = db.make_engine(settings.database_url)
-        sessionmaker = db.make_sessionmaker(engine)
-        try:
+        async with _database(settings) as sessionmaker:
             async with sessionmaker() as session:
                 if (await ingest.count_events(session)) > 0:
                     print("the database already holds events; not loading the demo set again")
@@ -254,8 +246,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 for kind in ("items", "users", "events"):
                     report = await run_import(kind, str(files[kind]), sessionmaker, rules)
                     print(f"loaded {report.stored:,} {kind}")
-        finally:
-            await engine.dispose()
 
     asyncio.run(load())
     if asyncio.run(_train(settings, force=False)) != 0:

@@ -25,7 +25,14 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from recsvc import artifact, ingest, registry
 from recsvc.config import Settings
-from recsvc.features import EventColumns, FeatureConfig, TextIndex, build_interactions, item_text
+from recsvc.features import (
+    EventColumns,
+    FeatureConfig,
+    Interactions,
+    TextIndex,
+    build_interactions,
+    item_text,
+)
 from recsvc.training import (
     ActiveModel,
     ALSParams,
@@ -93,6 +100,14 @@ def tuned_params(settings: Settings) -> dict[str, Any]:
     }
 
 
+def build_features(settings: Settings, table: ingest.EventTable) -> Interactions:
+    """The stored events as the weighted user x item matrices that training learns from."""
+    events = EventColumns(
+        table.user_ids, table.item_ids, table.types, table.values, table.occurred_at
+    )
+    return build_interactions(events, feature_config(settings))
+
+
 def als_params(settings: Settings) -> ALSParams:
     defaults = ALSParams(
         factors=settings.als_factors,
@@ -139,10 +154,7 @@ async def run_tuning(
         raise ValueError("there are no events to tune on yet")
 
     def search() -> list[Trial]:
-        events = EventColumns(
-            table.user_ids, table.item_ids, table.types, table.values, table.occurred_at
-        )
-        interactions = build_interactions(events, feature_config(settings))
+        interactions = build_features(settings, table)
         holdout = sample_test_users(
             split_holdout(
                 interactions, settings.holdout_fraction, settings.random_seed, by="random"
@@ -214,10 +226,7 @@ def _fit_and_save(
     seconds: dict[str, float] = {}
 
     start = clock()
-    events = EventColumns(
-        table.user_ids, table.item_ids, table.types, table.values, table.occurred_at
-    )
-    interactions = build_interactions(events, feature_config(settings))
+    interactions = build_features(settings, table)
     seconds["features"] = clock() - start
 
     trained = train_model(
@@ -405,10 +414,7 @@ async def run_evaluation(
         model = _load_active(active.artifact_path)
         if model is None:
             raise ValueError(f"the artifact of {active.version} cannot be loaded")
-        events = EventColumns(
-            table.user_ids, table.item_ids, table.types, table.values, table.occurred_at
-        )
-        interactions = build_interactions(events, feature_config(settings))
+        interactions = build_features(settings, table)
         holdout = sample_test_users(
             split_holdout(interactions, settings.holdout_fraction, settings.random_seed),
             settings.eval_max_users,
