@@ -211,7 +211,7 @@ def test_killed_training_leaves_no_version_and_the_active_model(
     assert len(active) == 1
 
     # Slow enough to be killed in the middle of the fit.
-    slow = {**env, "RECSVC_ALS_ITERATIONS": "200", "RECSVC_ALS_FACTORS": "256"}
+    slow = {**env, "RECSVC_ALS_ITERATIONS": "200", "RECSVC_ALS_FACTORS": "1024"}
     with subprocess.Popen(
         [sys.executable, "-m", "recsvc", "train", "--force"],
         env=slow,

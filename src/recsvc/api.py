@@ -484,8 +484,8 @@ def _recommendations(
 
 async def _recommend(serving: Serving, request: scorer.RecommendRequest) -> Response:
     version = serving.version
-    if version is None and not request.query:
-        # Before the first model: what is popular in the events so far.
+    if version is None:
+        # Before the first model (and its text index): what is popular in the events so far.
         result = await serving.popular_from_events(
             serving.settings.popularity_window_days,
             request.n,

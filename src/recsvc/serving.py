@@ -96,7 +96,7 @@ class Serving:
             metrics.MODEL_LOAD_FAILURES.inc()
             log.error("refusing model %s: %s; still serving %s", active.version, exc, self.version)
             return
-        scorer.prepare_catalog(self.catalog)
+        await asyncio.get_running_loop().run_in_executor(None, scorer.prepare_catalog, self.catalog)
         self.scorer, self.events_until = scorer, events_until  # the swap
         self._failed_version, self.load_error = None, None
         # The model's millions of long-lived objects (id maps) would otherwise be walked by
@@ -116,10 +116,10 @@ class Serving:
         events_until = datetime.fromisoformat(until) if until else None
         return Scorer(model, self._features, self._consumed), events_until
 
-    async def refresh_catalog(self, force: bool = False) -> None:
+    async def refresh_catalog(self) -> None:
         async with self.sessionmaker() as session:
             stamp = await ingest.catalog_stamp(session)
-            if stamp == self._catalog_stamp and not force:
+            if stamp == self._catalog_stamp:
                 return
             items = await ingest.read_catalog(session)
         view = CatalogView(
