@@ -24,7 +24,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
-from recsvc import db
+from recsvc import db, registry
 from recsvc.app import create_app
 from recsvc.config import Settings
 
@@ -170,6 +170,17 @@ async def scalar(database_url: str, sql: str, **params: Any) -> Any:
     try:
         async with engine.connect() as conn:
             return (await conn.execute(text(sql), params)).scalar()
+    finally:
+        await engine.dispose()
+
+
+async def activate_behind_the_api(database_url: str, version: str) -> None:
+    """Activate a version in model_versions directly, as another replica or an operator with SQL
+    could (no artifact check)."""
+    engine = db.make_engine(database_url, poolclass=NullPool)
+    try:
+        async with db.make_sessionmaker(engine)() as session, session.begin():
+            await registry.activate(session, version)
     finally:
         await engine.dispose()
 

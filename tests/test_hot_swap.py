@@ -15,8 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import KEYS, OPS, READ, free_port
-from recsvc import cli, db, registry
+from conftest import KEYS, OPS, READ, activate_behind_the_api, free_port
+from recsvc import cli
 from recsvc.config import Settings, get_settings
 from test_models import load_demo
 
@@ -70,15 +70,7 @@ def versions(
     train_version(settings, monkeypatch, force=True)
     older, newer = sorted(p.name for p in settings.models_dir.iterdir() if p.is_dir())
 
-    async def activate_older() -> None:
-        engine = db.make_engine(settings.database_url)
-        try:
-            async with db.make_sessionmaker(engine)() as session, session.begin():
-                await registry.activate(session, older)
-        finally:
-            await engine.dispose()
-
-    asyncio.run(activate_older())
+    asyncio.run(activate_behind_the_api(settings.database_url, older))
     return older, newer
 
 

@@ -11,8 +11,8 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from conftest import INGEST, OPS, READ
-from recsvc import db, metrics, registry
+from conftest import INGEST, OPS, READ, activate_behind_the_api
+from recsvc import metrics
 from recsvc.config import Settings
 from recsvc.demo_data import generate
 from test_models import load_demo, wait_for_job
@@ -267,12 +267,7 @@ async def test_a_corrupt_activated_model_is_refused_and_the_old_one_serves(
     await serving.refresh()
     assert serving.version == serving_before
     (trained.models_dir / newer / "factors.npz").write_bytes(b"garbage")
-    engine = db.make_engine(trained.database_url)
-    try:
-        async with db.make_sessionmaker(engine)() as session, session.begin():
-            await registry.activate(session, newer)
-    finally:
-        await engine.dispose()
+    await activate_behind_the_api(trained.database_url, newer)
     failures = metrics.MODEL_LOAD_FAILURES._value.get()
     await serving.refresh()
     assert serving.version == serving_before
