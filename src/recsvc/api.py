@@ -490,7 +490,7 @@ async def _recommend(serving: Serving, request: scorer.RecommendRequest) -> Resp
             serving.settings.popularity_window_days,
             request.n,
             request.categories,
-            request.exclude | frozenset(request.session_items),
+            request.exclude,
         )
     else:
         result = await serving.recommend(request)

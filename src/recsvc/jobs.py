@@ -27,8 +27,14 @@ def start(app: FastAPI, job_id: str, force: bool) -> None:
     )
     tasks: set[asyncio.Task[object]] = app.state.background
     tasks.add(task)
-    # The job records its own error; retrieving it here keeps asyncio from warning about it.
-    task.add_done_callback(lambda done: (tasks.discard(done), done.cancelled() or done.exception()))
+
+    def finished(done: asyncio.Task[object]) -> None:
+        tasks.discard(done)
+        # The job recorded its own error; retrieving it keeps asyncio from warning about it.
+        if not done.cancelled():
+            done.exception()
+
+    task.add_done_callback(finished)
 
 
 async def schedule(app: FastAPI, interval_seconds: int) -> None:
