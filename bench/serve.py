@@ -4,7 +4,8 @@
 
 Sets up a throw-away PostgreSQL database with a generated model (random factors, 1M users x
 100k items, five interactions per user, registered and active) and fresh events for a fifth
-of the requested users (received after the model, so those requests fold them in), starts
+of the requested users (received after the model, so those requests query and fold them in;
+the others need no query, see src/recsvc/freshness.py), starts
 `recsvc serve` with one uvicorn worker, and runs wrk (Debian package `wrk`, in its own process)
 against /healthz and against GET /v1/users/{id}/recommendations?n=10 for 10,000 different users,
 with 1 and with 16 connections: 3 measured runs of each after a warm-up, median (min-max).
@@ -203,7 +204,8 @@ def main() -> None:
         f"{statistics.median(ratio):.3f} ({min(ratio):.3f}–{max(ratio):.3f}). "
         f"Model: {args.users:,} users × {args.items:,} items × {args.factors} factors; "
         f"{FRESH:,} of the {POOL:,} requested users have 3 events newer than the model "
-        f"(folded in per request); one uvicorn worker; wrk on the same 2-core machine."
+        f"(read with one query and folded in per request; the others need no query); "
+        f"one uvicorn worker; wrk on the same 2-core machine."
     )
     print(table)
     print(note)

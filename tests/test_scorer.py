@@ -9,6 +9,7 @@ only the text index knows.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -310,6 +311,17 @@ def test_a_batch_gives_the_same_answers_as_one_request_at_a_time(scorer: Scorer)
         )
         alone_reasons = {r.item_id: r.reasons for r in single.items}
         assert all(r.reasons == alone_reasons[r.item_id] for r in joint.items)
+
+
+def test_a_helper_thread_changes_no_answer(scorer: Scorer) -> None:
+    """Small batches are scored in two halves in parallel when a helper thread is given."""
+    batches = [
+        [RecommendRequest(user_id="a1", n=5)],
+        [RecommendRequest(user_id="b3", n=9), RecommendRequest(session_items=("A0",), n=3)],
+    ]
+    with ThreadPoolExecutor(max_workers=1) as helper:
+        for batch in batches:
+            assert scorer.recommend(batch, CATALOG, helper) == scorer.recommend(batch, CATALOG)
 
 
 def test_an_empty_scorer_answers_with_empty_popular_lists() -> None:

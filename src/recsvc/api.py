@@ -203,12 +203,16 @@ async def prometheus_metrics() -> Response:
     responses={**AUTH_RESPONSES, 413: problem("body larger than the limit")},
 )
 async def post_events(
-    session: SessionDep, batch: Annotated[EventBatch, Depends(parsed(EventBatch))]
+    request: Request,
+    session: SessionDep,
+    batch: Annotated[EventBatch, Depends(parsed(EventBatch))],
 ) -> IngestResult:
     """Store a batch of 1..1000 events, all or nothing, durably before answering 202.
     A repeated `event_id` is counted in `duplicates` and not stored again."""
     accepted, duplicates = await ingest.insert_events(session, batch.events)
     await session.commit()  # durable before the 202 goes out
+    # This worker's next recommendations see them at once (others by NOTIFY).
+    request.app.state.serving.fresh_users.add(event.user_id for event in batch.events)
     metrics.EVENTS_ACCEPTED.inc(accepted)
     metrics.EVENTS_DUPLICATE.inc(duplicates)
     return IngestResult(accepted=accepted, duplicates=duplicates)
@@ -483,6 +487,7 @@ def _recommendations(
 
 
 async def _recommend(serving: Serving, request: scorer.RecommendRequest) -> Response:
+    """The answer to `request`, with the user's newest events (seconds old) folded in."""
     version = serving.version
     if version is None:
         # Before the first model (and its text index): what is popular in the events so far.
@@ -493,19 +498,8 @@ async def _recommend(serving: Serving, request: scorer.RecommendRequest) -> Resp
             request.exclude,
         )
     else:
-        result = await serving.recommend(request)
+        result = await serving.recommend_fresh(request)
     return _recommendations(result, request.user_id, version)
-
-
-async def _recent(serving: Serving, user_id: str) -> tuple[scorer.RecentEvent, ...]:
-    """The user's newest events; without the database the model's view still answers."""
-    try:
-        return await serving.recent_events(user_id)
-    except Exception as exc:
-        if not is_database_unavailable(exc):
-            raise
-        metrics.FRESHNESS_SKIPPED.inc()
-        return ()
 
 
 async def _serving(request: Request) -> Serving:  # async: a def would hop to a thread
@@ -541,7 +535,6 @@ async def recommend_for_user(
     An unknown learner gets the cold-start list (popular)."""
     request = scorer.RecommendRequest(
         user_id=user_id,
-        recent=await _recent(serving, user_id),
         n=n,
         categories=_category_filter(category),
         exclude=_excluded(exclude),
@@ -567,7 +560,6 @@ async def recommend(
     conversation (`session_items`), and what they typed (`query`)."""
     request = scorer.RecommendRequest(
         user_id=body.user_id,
-        recent=await _recent(serving, body.user_id) if body.user_id else (),
         session_items=tuple(body.session_items),
         query=body.query,
         n=body.n,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -23,7 +24,7 @@ from recsvc.config import Settings, get_settings
 from recsvc.errors import PayloadTooLarge, install_handlers, problem_response
 from recsvc.metrics import MetricsMiddleware
 from recsvc.schemas import ValidationRules
-from recsvc.serving import Serving
+from recsvc.serving import SWITCH_INTERVAL_SECONDS, Serving
 
 log = logging.getLogger("recsvc")
 
@@ -67,6 +68,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
         engine = db.make_engine(settings.database_url)
         app.state.engine = engine
         app.state.sessionmaker = db.make_sessionmaker(engine)

@@ -72,6 +72,11 @@ def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
     )
 
 
+def asyncpg_dsn(engine: AsyncEngine) -> str:
+    """The engine's PostgreSQL URL for a plain asyncpg connection or pool."""
+    return engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
 def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import io
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -35,6 +35,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
+from recsvc import db
 from recsvc.errors import NotFound
 from recsvc.schemas import EventIn, ItemIn, ItemOut, ItemWithId, UserOut
 from recsvc.tables import Event, Item, User
@@ -70,7 +71,7 @@ _INSERT_EVENTS_PG = text(
     FROM unnest(:event_ids, :user_ids, :item_ids, :types, :event_values, :occurred, :contexts)
         AS batch(e, u, i, t, v, o, c)
     ON CONFLICT (event_id) DO NOTHING
-    RETURNING id
+    RETURNING user_id
     """
 ).bindparams(
     bindparam("event_ids", type_=ARRAY(String)),
@@ -83,9 +84,45 @@ _INSERT_EVENTS_PG = text(
     bindparam("received_at", type_=DateTime(timezone=True)),
 )
 
+# NOTIFY channel of stored events; a payload is a JSON array of the users they belong to.
+EVENTS_CHANNEL = "recsvc_events"
+_MAX_PAYLOAD_BYTES = 7900  # PostgreSQL refuses payloads of 8000 bytes and more
+_NOTIFY_PG = text(
+    "SELECT pg_notify(:channel, payload) FROM unnest(:payloads) AS payload"
+).bindparams(bindparam("payloads", type_=ARRAY(String)))
+
+
+def notify_payloads(user_ids: Iterable[str]) -> list[str]:
+    """The distinct `user_ids` as JSON arrays, each small enough for one NOTIFY."""
+    payloads: list[str] = []
+    batch: list[str] = []
+    size = 2
+    for user_id in sorted(set(user_ids)):
+        entry = len(orjson.dumps(user_id)) + 1
+        if batch and size + entry > _MAX_PAYLOAD_BYTES:
+            payloads.append(orjson.dumps(batch).decode())
+            batch, size = [], 2
+        batch.append(user_id)
+        size += entry
+    if batch:
+        payloads.append(orjson.dumps(batch).decode())
+    return payloads
+
+
+def notified_users(payload: str) -> list[str] | None:
+    """The users of one notification, or None when it is not a payload of `notify_payloads`."""
+    try:
+        users = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(users, list) or not all(isinstance(u, str) for u in users):
+        return None
+    return users
+
 
 async def insert_events(session: AsyncSession, events: Sequence[EventIn]) -> tuple[int, int]:
-    """Store a validated batch; returns (accepted, duplicates). The caller commits.
+    """Store a validated batch; returns (accepted, duplicates). The caller commits. On
+    PostgreSQL the users of the stored events are announced by NOTIFY (freshness.py).
 
     ON CONFLICT DO NOTHING on `event_id` makes retries idempotent, also when two clients send the
     same batch at once: the second insert waits for the first transaction and then skips.
@@ -109,6 +146,12 @@ async def insert_events(session: AsyncSession, events: Sequence[EventIn]) -> tup
                 "received_at": now,
             },
         )
+        users = result.scalars().all()  # one per stored event
+        if users:  # tell the serving workers, when the transaction commits (see freshness.py)
+            await session.execute(
+                _NOTIFY_PG, {"channel": EVENTS_CHANNEL, "payloads": notify_payloads(users)}
+            )
+        return len(users), len(events) - len(users)
     else:
         rows = [
             {
@@ -129,8 +172,8 @@ async def insert_events(session: AsyncSession, events: Sequence[EventIn]) -> tup
             .returning(EVENTS.c.id)
         )
         result = await session.execute(stmt, rows)
-    accepted = len(result.all())
-    return accepted, len(events) - accepted
+        accepted = len(result.all())
+        return accepted, len(events) - accepted
 
 
 # --- items --------------------------------------------------------------------------------------
@@ -403,6 +446,15 @@ RecentEventRow = tuple[str, str, float | None, float]  # item_id, type, value, u
 
 MAX_RECENT_EVENTS = 500
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_USERS_WITH_EVENTS_SINCE_PG = "SELECT DISTINCT user_id FROM events WHERE received_at > $1"
+
+
+async def users_with_events_since(connection: asyncpg.Connection, since: datetime) -> set[str]:
+    """Every user with an event received after `since` (PostgreSQL, on an asyncpg connection;
+    served by the received_at index)."""
+    return {row[0] for row in await connection.fetch(_USERS_WITH_EVENTS_SINCE_PG, since)}
+
+
 _RECENT_EVENTS_PG = (
     "SELECT item_id, type, value, extract(epoch FROM occurred_at)::float8 FROM events "
     "WHERE user_id = $1 AND received_at > $2 ORDER BY received_at DESC LIMIT $3"
@@ -432,9 +484,8 @@ class RecentEventsReader:
     async def _asyncpg_pool(self) -> asyncpg.Pool:
         async with self._pool_lock:
             if self._pool is None:
-                url = self.engine.url.set(drivername="postgresql")
                 self._pool = await asyncpg.create_pool(
-                    url.render_as_string(hide_password=False),
+                    db.asyncpg_dsn(self.engine),
                     min_size=1,
                     max_size=self.pool_size,
                     timeout=5,

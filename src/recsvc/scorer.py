@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
@@ -50,6 +51,8 @@ BoolArray = npt.NDArray[np.bool_]
 
 # Rows of one scoring matrix product: 64 users x 100k items is 25 MB of float32 scores.
 MAX_BATCH_ROWS = 64
+# Batches up to this many rows are scored in two threads when a helper thread is given.
+PARALLEL_MAX_ROWS = 2
 # Block size of the top-n pre-selection (see `_top_n`).
 _BLOCK = 256
 EXPLAIN_REASONS = 3
@@ -331,7 +334,10 @@ class Scorer:
     # ---------------------------------------------------------------------------------------
 
     def recommend(
-        self, requests: Sequence[RecommendRequest], catalog: CatalogView
+        self,
+        requests: Sequence[RecommendRequest],
+        catalog: CatalogView,
+        helper: Executor | None = None,
     ) -> list[RecommendResult]:
         """Answer many requests at once (results in request order); see DESIGN.md section 2.
 
@@ -339,6 +345,9 @@ class Scorer:
         session items that leave at least one positive model item -> "als_foldin"; else a user
         known to the model -> "als" (a known user whose new events remove every positive pair
         falls through to popular); else "popular".
+
+        `helper`: an executor with a free thread, which then scores half of the items of small
+        batches in parallel with this thread (see `_scores`).
         """
         index = self._catalog_index(catalog)
         plans = [self._plan(request, index) for request in requests]
@@ -354,7 +363,7 @@ class Scorer:
         for start in range(0, len(ranked), MAX_BATCH_ROWS):
             chunk = ranked[start : start + MAX_BATCH_ROWS]
             vectors = np.stack([p.vector for p in chunk if p.vector is not None])
-            scores = vectors @ self._item_factors_t  # the one product for the whole chunk
+            scores = self._scores(vectors, helper)  # one product for the whole chunk
             for plan, row in zip(chunk, scores, strict=True):
                 np.copyto(row, np.float32(-np.inf), where=plan.blocked[: self.n_items])
                 top = _top_n(row, plan.request.n)
@@ -609,6 +618,22 @@ class Scorer:
     # ---------------------------------------------------------------------------------------
     # Ranking
     # ---------------------------------------------------------------------------------------
+
+    def _scores(self, vectors: Float32Array, helper: Executor | None) -> Float32Array:
+        """vectors @ item factors.T. A product with few rows is bound by memory bandwidth, so
+        with a `helper` thread the two halves of the items are scored in parallel: on 100k
+        items x 64 factors 0.69 instead of 1.02 ms for one row, 1.45 instead of 2.35 for two
+        (matmul with out= releases the GIL in both threads)."""
+        if helper is None or len(vectors) > PARALLEL_MAX_ROWS:
+            product: Float32Array = vectors @ self._item_factors_t
+            return product
+        scores = np.empty((len(vectors), self.n_items), dtype=np.float32)
+        middle = self.n_items // 2
+        factors = self._item_factors_t
+        second = helper.submit(np.matmul, vectors, factors[:, middle:], out=scores[:, middle:])
+        np.matmul(vectors, factors[:, :middle], out=scores[:, :middle])
+        second.result()
+        return scores
 
     def _rank_text(
         self,

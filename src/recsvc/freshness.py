@@ -1,0 +1,124 @@
+"""Which users have events newer than the serving model, so that a recommendation request for
+anyone else needs no database query.
+
+PostgreSQL only. Every insert of events (ingest.insert_events) sends NOTIFY with the users it
+stored, in the same transaction, so the message goes out when the events commit. Each serving
+worker LISTENs on a connection of its own and keeps the set of users with events received after
+its model's `events_until`: loaded with one query when the listener connects or a model is
+activated, then grown by every notification. The set may hold users it no longer needs to,
+never fewer than it should; the events themselves are still read by the one indexed query
+(ingest.RecentEventsReader), only for users in the set.
+
+Until the listener is connected (start-up, after losing the database) and on SQLite,
+`may_have_events` is True for everyone: every request queries, as it would without this.
+
+Across workers the set is as fresh as PostgreSQL's delivery of notifications (well under a
+millisecond on one host): a request that reaches another worker at the very instant the user's
+first new event commits may be answered without it. The worker that stored the events adds
+their users itself before answering (`add`), so a client's next request to it sees them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+from datetime import datetime
+
+import asyncpg
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from recsvc import db, ingest
+
+log = logging.getLogger("recsvc.freshness")
+
+
+class FreshUsers:
+    """One worker's set of users with events newer than its model (see the module docstring).
+    Used from the event loop only."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self.enabled = engine.dialect.name == "postgresql"
+        self._listener: asyncpg.Connection | None = None
+        self._users: set[str] | None = None  # None: not known, everyone may have events
+        self._since: datetime | None = None
+        self._loading: list[set[str]] = []  # users notified while a load query runs
+        self._lock = asyncio.Lock()
+
+    @property
+    def tracking(self) -> bool:
+        """Whether the set is known (False: every user may have events)."""
+        return self._users is not None
+
+    def may_have_events(self, user_id: str) -> bool:
+        return self._users is None or user_id in self._users
+
+    def add(self, user_ids: Iterable[str]) -> None:
+        """These users now have events newer than the model."""
+        user_ids = list(user_ids)
+        if self._users is not None:
+            self._users.update(user_ids)
+        for loading in self._loading:
+            loading.update(user_ids)
+
+    async def track(self, since: datetime | None) -> None:
+        """Make sure the listener is connected and the set holds the users with events
+        received after `since`: one query when the listener (re)connects or `since` changes,
+        nothing otherwise. Called on every poll, and right before a model with a new `since`
+        starts serving (the set is replaced when this returns, so switch with no await in
+        between). Connection errors propagate; the set is then unknown until a later call."""
+        if not self.enabled:
+            return
+        if since is None:  # a model without the time of its newest event: query everyone
+            self.forget()
+            return
+        async with self._lock:
+            await self._track(since)
+
+    async def _track(self, since: datetime) -> None:
+        if self._listener is None or self._listener.is_closed():
+            self._users = None
+            self._listener = await self._listen()
+        elif self._users is not None and since == self._since:
+            return
+        loading: set[str] = set()
+        self._loading.append(loading)
+        try:
+            users = await ingest.users_with_events_since(self._listener, since)
+        finally:
+            self._loading.remove(loading)
+        self._users, self._since = users | loading, since
+
+    async def _listen(self) -> asyncpg.Connection:
+        connection = await asyncpg.connect(db.asyncpg_dsn(self._engine), timeout=5)
+        try:
+            connection.add_termination_listener(self._lost)
+            await connection.add_listener(ingest.EVENTS_CHANNEL, self._notified)
+        except BaseException:
+            await connection.close()
+            raise
+        log.info("listening for new events")
+        return connection
+
+    def _notified(self, _connection: object, _pid: int, _channel: str, payload: str) -> None:
+        users = ingest.notified_users(payload)
+        if users is None:  # not ours: stop trusting the set until the next load
+            log.warning("unexpected notification on %s: %.100r", ingest.EVENTS_CHANNEL, payload)
+            self.forget()
+            return
+        self.add(users)
+
+    def forget(self) -> None:
+        """Query for everyone until the next successful `track`."""
+        self._users, self._since = None, None
+
+    def _lost(self, _connection: object) -> None:
+        log.warning("lost the new-events listener; querying every request until it is back")
+        self.forget()
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            await self._listener.close()
+            self._listener = None
+        self.forget()

@@ -1,0 +1,116 @@
+"""Which users need the fresh-events query: NOTIFY from every writer, reloads, lost listener."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from fastapi import FastAPI
+from sqlalchemy.pool import NullPool
+
+from conftest import scalar
+from recsvc import db, ingest
+from recsvc.schemas import EventIn
+from test_recommend import get, live, train, trained  # noqa: F401 (fixtures)
+
+
+def test_notify_payloads_fit_and_round_trip() -> None:
+    users = [f"learner-{i:05d}-" + "x" * 90 for i in range(2000)] + ["学员", "a\nb"]
+    payloads = ingest.notify_payloads(users + users[:10])
+    assert len(payloads) > 1
+    assert all(len(p.encode()) < 8000 for p in payloads)
+    received = [u for p in payloads for u in ingest.notified_users(p) or []]
+    assert sorted(received) == sorted(users)
+    assert ingest.notified_users("not json") is None
+    assert ingest.notified_users(orjson.dumps({"user": "x"}).decode()) is None
+
+
+@pytest.fixture
+def postgres_only(is_postgres: bool) -> None:
+    if not is_postgres:
+        pytest.skip("LISTEN/NOTIFY is PostgreSQL's; on SQLite every request queries")
+
+
+async def insert_elsewhere(database_url: str, *events: dict[str, Any]) -> None:
+    """Store events through a connection of its own, as another worker or `recsvc import`."""
+    engine = db.make_engine(database_url, poolclass=NullPool)
+    try:
+        async with db.make_sessionmaker(engine)() as session, session.begin():
+            await ingest.insert_events(session, [EventIn(**e) for e in events])
+    finally:
+        await engine.dispose()
+
+
+async def eventually(condition: Callable[[], bool], seconds: float = 5.0) -> None:
+    for _ in range(int(seconds / 0.02)):
+        if condition():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("condition not reached in time")
+
+
+@pytest.mark.usefixtures("postgres_only")
+async def test_events_stored_by_another_writer_arrive_by_notify(
+    live: httpx.AsyncClient,  # noqa: F811
+    app: FastAPI,
+    database_url: str,
+) -> None:
+    fresh = app.state.serving.fresh_users
+    user = "u00007"
+    assert fresh.tracking
+    assert not fresh.may_have_events(user)  # answered without a query
+    assert (await get(live, user))["strategy"] == "als"
+    await insert_elsewhere(database_url, {"user_id": user, "item_id": "c0001", "type": "enroll"})
+    await eventually(lambda: fresh.may_have_events(user))
+    assert (await get(live, user))["strategy"] == "als_foldin"
+    assert not fresh.may_have_events("u00008")
+
+
+@pytest.mark.usefixtures("postgres_only")
+async def test_without_the_listener_every_request_queries(
+    live: httpx.AsyncClient,  # noqa: F811
+    app: FastAPI,
+    database_url: str,
+) -> None:
+    serving = app.state.serving
+    fresh = serving.fresh_users
+    assert fresh.tracking
+    await scalar(
+        database_url,
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    await eventually(lambda: not fresh.tracking)
+    user = "u00009"
+    await insert_elsewhere(database_url, {"user_id": user, "item_id": "c0002", "type": "enroll"})
+    assert (await get(live, user))["strategy"] == "als_foldin"  # queried: no notice needed
+    await serving.refresh()  # the next poll reconnects and reloads the set with one query
+    assert fresh.tracking
+    assert fresh.may_have_events(user)
+    assert not fresh.may_have_events("u00008")
+
+
+@pytest.mark.usefixtures("postgres_only")
+async def test_a_newer_model_starts_with_the_users_it_has_not_seen(
+    live: httpx.AsyncClient,  # noqa: F811
+    app: FastAPI,
+) -> None:
+    fresh = app.state.serving.fresh_users
+    user = "u00010"
+    response = await live.post(
+        "/v1/events",
+        json={"events": [{"user_id": user, "item_id": "c0003", "type": "enroll"}]},
+        headers={"X-API-Key": "k-producer-secret"},
+    )
+    assert response.status_code == 202
+    assert fresh.may_have_events(user)  # the worker that stored them knows at once
+    assert (await get(live, user))["strategy"] == "als_foldin"
+    await asyncio.sleep(1.1)  # older than the training's settling second
+    await train(live, app)
+    assert fresh.tracking
+    assert not fresh.may_have_events(user)  # the new model holds these events
+    assert (await get(live, user))["strategy"] == "als"
