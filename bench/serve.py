@@ -1,11 +1,12 @@
 """Serving speed: GET recommendations vs GET /healthz of the same server, measured with wrk.
 
-    python bench/serve.py [--users 1000000 --items 100000 --factors 64] [--write-readme]
+    python bench/serve.py [--users 1000000 --items 100000 --factors 64 --fresh 2000]
+                          [--write-readme]
 
 Sets up a throw-away PostgreSQL database with a generated model (random factors, 1M users x
-100k items, five interactions per user, registered and active) and fresh events for a fifth
-of the requested users (received after the model, so those requests query and fold them in;
-the others need no query, see src/recsvc/freshness.py), starts
+100k items, five interactions per user, registered and active) and fresh events for `--fresh`
+of the 10,000 requested users (default a fifth; received after the model, so those requests
+query and fold them in; the others need no query, see src/recsvc/freshness.py), starts
 `recsvc serve` with one uvicorn worker, and runs wrk (Debian package `wrk`, in its own process)
 against /healthz and against GET /v1/users/{id}/recommendations?n=10 for 10,000 different users,
 with 1 and with 16 connections: 3 measured runs of each after a warm-up, median (min-max).
@@ -44,7 +45,7 @@ from recsvc.schemas import EventIn  # noqa: E402
 from recsvc.training import ALSParams  # noqa: E402
 
 POOL = 10_000  # distinct users requested
-FRESH = POOL // 5  # of which these have events newer than the model
+FRESH = POOL // 5  # default: of which these have events newer than the model
 WRK_SCRIPT = """
 local path = "{path}"
 local pool = {pool}
@@ -97,7 +98,7 @@ def generated_model(users: int, items: int, factors: int, models_dir: Path) -> P
     return artifact.save(model, models_dir)
 
 
-async def register(url: str, path: Path, users: int, items: int) -> None:
+async def register(url: str, path: Path, users: int, items: int, fresh: int) -> None:
     engine = db.make_engine(url)
     try:
         sessionmaker = db.make_sessionmaker(engine)
@@ -117,7 +118,7 @@ async def register(url: str, path: Path, users: int, items: int) -> None:
             await registry.activate(session, path.name)
         fresh = [
             EventIn(user_id=f"u{u:07d}", item_id=f"c{(u * 7 + k) % 1000:06d}", type="enroll")
-            for u in range(FRESH)
+            for u in range(fresh)
             for k in range(3)
         ]
         for start in range(0, len(fresh), 1000):
@@ -153,6 +154,9 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=1_000_000)
     parser.add_argument("--items", type=int, default=100_000)
     parser.add_argument("--factors", type=int, default=64)
+    parser.add_argument(
+        "--fresh", type=int, default=FRESH, help="requested users with events newer than the model"
+    )
     parser.add_argument("--seconds", type=int, default=10, help="length of one wrk run")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--write-readme", action="store_true", help="put the figures in README")
@@ -167,7 +171,7 @@ def main() -> None:
     ):
         print("generating the model ...", flush=True)
         path = generated_model(args.users, args.items, args.factors, Path(tmp) / "models")
-        asyncio.run(register(url, path, args.users, args.items))
+        asyncio.run(register(url, path, args.users, args.items, args.fresh))
         with recsvc_server(url, RECSVC_MODELS_DIR=str(Path(tmp) / "models")) as base:
             results: dict[tuple[str, int], list[dict]] = {}
             for connections in (1, 16):
@@ -203,7 +207,7 @@ def main() -> None:
         f"Recommendations/healthz throughput with 16 connections: "
         f"{statistics.median(ratio):.3f} ({min(ratio):.3f}–{max(ratio):.3f}). "
         f"Model: {args.users:,} users × {args.items:,} items × {args.factors} factors; "
-        f"{FRESH:,} of the {POOL:,} requested users have 3 events newer than the model "
+        f"{args.fresh:,} of the {POOL:,} requested users have 3 events newer than the model "
         f"(read with one query and folded in per request; the others need no query); "
         f"one uvicorn worker; wrk on the same 2-core machine."
     )

@@ -119,6 +119,7 @@ class FreshUsers:
 
     async def close(self) -> None:
         if self._listener is not None:
+            self._listener.remove_termination_listener(self._lost)  # not lost: closed
             await self._listener.close()
             self._listener = None
         self.forget()
