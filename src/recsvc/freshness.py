@@ -43,7 +43,7 @@ class FreshUsers:
         self._listener: asyncpg.Connection | None = None
         self._users: set[str] | None = None  # None: not known, everyone may have events
         self._since: datetime | None = None
-        self._loading: list[set[str]] = []  # users notified while a load query runs
+        self._loading: set[str] | None = None  # users notified while the load query runs
         self._lock = asyncio.Lock()
 
     @property
@@ -59,8 +59,8 @@ class FreshUsers:
         user_ids = list(user_ids)
         if self._users is not None:
             self._users.update(user_ids)
-        for loading in self._loading:
-            loading.update(user_ids)
+        if self._loading is not None:
+            self._loading.update(user_ids)
 
     async def track(self, since: datetime | None) -> None:
         """Make sure the listener is connected and the set holds the users with events
@@ -83,11 +83,11 @@ class FreshUsers:
         elif self._users is not None and since == self._since:
             return
         loading: set[str] = set()
-        self._loading.append(loading)
+        self._loading = loading  # one load at a time: `track` holds the lock
         try:
             users = await ingest.users_with_events_since(self._listener, since)
         finally:
-            self._loading.remove(loading)
+            self._loading = None
         self._users, self._since = users | loading, since
 
     async def _listen(self) -> asyncpg.Connection:
