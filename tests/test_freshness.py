@@ -15,7 +15,7 @@ from sqlalchemy.pool import NullPool
 from conftest import scalar
 from recsvc import db, ingest
 from recsvc.schemas import EventIn
-from test_recommend import get, live, train, trained  # noqa: F401 (fixtures)
+from test_recommend import get, live, send, train, trained  # noqa: F401 (fixtures)
 
 
 def test_notify_payloads_fit_and_round_trip() -> None:
@@ -101,12 +101,7 @@ async def test_a_newer_model_starts_with_the_users_it_has_not_seen(
 ) -> None:
     fresh = app.state.serving.fresh_users
     user = "u00010"
-    response = await live.post(
-        "/v1/events",
-        json={"events": [{"user_id": user, "item_id": "c0003", "type": "enroll"}]},
-        headers={"X-API-Key": "k-producer-secret"},
-    )
-    assert response.status_code == 202
+    await send(live, {"user_id": user, "item_id": "c0003", "type": "enroll"})
     assert fresh.may_have_events(user)  # the worker that stored them knows at once
     assert (await get(live, user))["strategy"] == "als_foldin"
     await asyncio.sleep(1.1)  # older than the training's settling second

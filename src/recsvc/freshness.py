@@ -39,7 +39,7 @@ class FreshUsers:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
-        self.enabled = engine.dialect.name == "postgresql"
+        self._enabled = engine.dialect.name == "postgresql"
         self._listener: asyncpg.Connection | None = None
         self._users: set[str] | None = None  # None: not known, everyone may have events
         self._since: datetime | None = None
@@ -68,7 +68,7 @@ class FreshUsers:
         nothing otherwise. Called on every poll, and right before a model with a new `since`
         starts serving (the set is replaced when this returns, so switch with no await in
         between). Connection errors propagate; the set is then unknown until a later call."""
-        if not self.enabled:
+        if not self._enabled:
             return
         if since is None:  # a model without the time of its newest event: query everyone
             self.forget()
