@@ -25,8 +25,9 @@ import shutil  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
-from datetime import UTC, datetime, timedelta  # noqa: E402
+from datetime import UTC, datetime  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
 import scipy.sparse as sp  # noqa: E402
@@ -65,7 +66,9 @@ end
 """
 
 
-def generated_model(users: int, items: int, factors: int, models_dir: Path) -> Path:
+def generated_model(
+    users: int, items: int, factors: int, models_dir: Path, cutoff: dict[str, Any]
+) -> Path:
     rng = np.random.default_rng(0)
     popularity = 1.0 / np.arange(1, items + 1) ** 0.9
     per_user = 5
@@ -93,9 +96,21 @@ def generated_model(users: int, items: int, factors: int, models_dir: Path) -> P
         baseline_metrics={},
         n_events=int(user_items.nnz),
         created_at=datetime.now(UTC).isoformat(),
-        extra={"events_until": (datetime.now(UTC) - timedelta(minutes=1)).isoformat()},
+        extra={"events_cutoff": cutoff},
     )
     return artifact.save(model, models_dir)
+
+
+async def snapshot_cutoff(url: str) -> dict[str, Any]:
+    """The cutoff of a model trained on the database as it is now (the events stored later,
+    `--fresh`, are folded in)."""
+    engine = db.make_engine(url)
+    try:
+        async with db.make_sessionmaker(engine)() as session:
+            await ingest.begin_snapshot(session)
+            return (await ingest.read_events(session)).cutoff.to_dict()
+    finally:
+        await engine.dispose()
 
 
 async def register(url: str, path: Path, users: int, items: int, fresh: int) -> None:
@@ -170,7 +185,8 @@ def main() -> None:
         tempfile.TemporaryDirectory() as tmp,
     ):
         print("generating the model ...", flush=True)
-        path = generated_model(args.users, args.items, args.factors, Path(tmp) / "models")
+        cutoff = asyncio.run(snapshot_cutoff(url))
+        path = generated_model(args.users, args.items, args.factors, Path(tmp) / "models", cutoff)
         asyncio.run(register(url, path, args.users, args.items, args.fresh))
         with recsvc_server(url, RECSVC_MODELS_DIR=str(Path(tmp) / "models")) as base:
             results: dict[tuple[str, int], list[dict]] = {}

@@ -36,7 +36,15 @@ KEYS = {
 OPS = {"X-API-Key": "k-ops-secret"}
 READ = {"X-API-Key": "k-chatbot-secret"}
 INGEST = {"X-API-Key": "k-producer-secret"}
-TABLES = ["events", "items", "users", "model_versions", "training_jobs"]
+TABLES = [
+    "events",
+    "items",
+    "users",
+    "model_versions",
+    "training_jobs",
+    "erased_users",
+    "revisions",
+]
 
 
 def _run(coro: Any) -> Any:
@@ -170,6 +178,16 @@ async def scalar(database_url: str, sql: str, **params: Any) -> Any:
     try:
         async with engine.connect() as conn:
             return (await conn.execute(text(sql), params)).scalar()
+    finally:
+        await engine.dispose()
+
+
+async def rows(database_url: str, sql: str, **params: Any) -> list[Any]:
+    """The first column of every row of a query, read directly from the database."""
+    engine = db.make_engine(database_url, poolclass=NullPool)
+    try:
+        async with engine.connect() as conn:
+            return list((await conn.execute(text(sql), params)).scalars())
     finally:
         await engine.dispose()
 

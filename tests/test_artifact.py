@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -97,7 +98,9 @@ def test_a_failed_save_leaves_nothing_behind(
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("victim", ["factors.npz", "vocabulary.npz", "text_index.npz"])
+@pytest.mark.parametrize(
+    "victim", ["factors.npz", "vocabulary.npz", "text_index.npz", "confidence.npz"]
+)
 def test_a_corrupt_file_is_refused(model: ModelArtifact, tmp_path: Path, victim: str) -> None:
     path = save(model, tmp_path)
     data = bytearray((path / victim).read_bytes())
@@ -185,3 +188,40 @@ def test_consumed_types_are_configurable() -> None:
     trained = train_model(interactions, ALSParams(factors=2, iterations=2), 0.25, seed=0)
     chosen = ModelArtifact.from_training("v1", trained, interactions, consumed_types=("favorite",))
     assert chosen.consumed.toarray().tolist() == [[False, True], [False, False]]
+
+
+def test_fold_in_weights_and_fitted_confidence_round_trip(
+    model: ModelArtifact, tmp_path: Path
+) -> None:
+    assert model.user_weights is not None and model.confidence is not None
+    loaded = load(save(model, tmp_path))
+    assert loaded.user_weights is not None and loaded.confidence is not None
+    assert (loaded.user_weights != model.user_weights).nnz == 0
+    assert loaded.confidence.to_arrays().keys() == model.confidence.to_arrays().keys()
+    assert (loaded.confidence.transform(loaded.user_weights) != model.user_items).nnz == 0
+
+
+def test_models_saved_without_fold_in_weights_still_load(
+    model: ModelArtifact, tmp_path: Path
+) -> None:
+    """Older artifacts have no confidence.npz: fold-in falls back to a log1p confidence and the
+    weights recovered with its inverse, exact for a log1p model like this one."""
+    path = save(replace(model, user_weights=None, confidence=None), tmp_path)
+    assert not (path / "confidence.npz").exists()
+    older = load(path)
+    assert older.user_weights is None and older.confidence is None
+    weights, confidence = older.fold_in_basis()
+    assert confidence.scheme == "log1p" and confidence.alpha == model.params.alpha
+    assert model.user_weights is not None
+    np.testing.assert_array_equal(weights.indices, model.user_weights.indices)
+    np.testing.assert_allclose(weights.data, model.user_weights.data, rtol=1e-5)
+    np.testing.assert_allclose(confidence.transform(weights).data, older.user_items.data, rtol=1e-6)
+
+
+def test_erasing_a_user_removes_their_fold_in_weights(model: ModelArtifact, tmp_path: Path) -> None:
+    smaller = artifact.without_users(model, ["u3"])
+    assert smaller is not None and smaller.user_weights is not None
+    assert smaller.user_weights.shape == (model.n_users - 1, model.n_items)
+    loaded = load(save(smaller, tmp_path))
+    assert "u3" not in loaded.users and loaded.user_weights is not None
+    assert (loaded.user_weights != smaller.user_weights).nnz == 0

@@ -1,4 +1,4 @@
-"""The bundled synthetic data set: deterministic, well-formed and shaped like DESIGN.md."""
+"""The bundled synthetic data set: deterministic, well-formed and shaped like docs/design.md."""
 
 from __future__ import annotations
 

@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import tracemalloc
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from implicit.nearest_neighbours import bm25_weight
 
 from recsvc.features import (
+    Confidence,
     EventColumns,
     FeatureConfig,
     TextIndex,
     Vocabulary,
     build_interactions,
     confidence,
+    event_type_codes,
+    event_weights,
     factorize,
     item_text,
 )
@@ -50,7 +55,7 @@ def cell(interactions, matrix: sp.csr_matrix, user: str, item: str) -> float:
 
 def test_event_columns_from_lists_normalises_dtypes() -> None:
     ev = events(("u1", "c1", "view", 1), ("u2", "课程", "rate", 2, 4.0))
-    assert ev.user_ids.dtype.kind == "U" and ev.item_ids[1] == "课程"
+    assert ev.user_ids.dtype == object and ev.item_ids[1] == "课程"  # never fixed-width
     assert np.isnan(ev.values[0]) and ev.values[1] == 4.0
     assert ev.occurred_at.dtype == np.float64 and len(ev) == 2
 
@@ -63,7 +68,10 @@ def test_event_columns_accepts_object_arrays_and_rejects_bad_input() -> None:
         values=np.array([None, 2.0], dtype=object),
         occurred_at=np.array([1.0, 2.0]),
     )
-    assert ev.user_ids.dtype.kind == "U" and np.isnan(ev.values[0])
+    assert ev.user_ids.dtype == object and np.isnan(ev.values[0])
+    assert EventColumns.from_lists(["a"], ["x"], ["view"], [1.0]).types.dtype == object
+    with pytest.raises(TypeError, match="strings"):
+        EventColumns.from_lists(["a", 7], ["x", "y"], ["view"] * 2, [1.0, 2.0])  # type: ignore[list-item]
     with pytest.raises(ValueError, match="rows"):
         EventColumns.from_lists(["a"], ["x", "y"], ["view"], [1.0])
     with pytest.raises(ValueError, match="finite"):
@@ -89,6 +97,74 @@ def test_factorize_matches_numpy_unique() -> None:
     expected_uniques, expected_codes = np.unique(values, return_inverse=True)
     assert uniques.tolist() == expected_uniques.tolist()
     assert codes.tolist() == expected_codes.tolist()
+    object_uniques, object_codes = factorize(values.astype(object))
+    assert object_uniques.tolist() == expected_uniques.tolist()
+    assert object_codes.tolist() == expected_codes.tolist()
+
+
+@pytest.mark.slow
+def test_one_long_id_does_not_inflate_feature_memory() -> None:
+    """Ids stay Python strings: one 128-character id among 1M events used to make every id of
+    its column fixed-width 512 bytes (~0.5 GB more here, ~5 GB per column at 10M events)."""
+    n = 1_000_000
+    rng = np.random.default_rng(0)
+    users = np.array([f"u{k}" for k in range(50_000)], dtype=object)[rng.integers(0, 50_000, n)]
+    items = np.array([f"c{k}" for k in range(5_000)], dtype=object)[rng.integers(0, 5_000, n)]
+    types = np.array(["view", "enroll", "rate"], dtype=object)[rng.integers(0, 3, n)]
+    values = np.where(types == "rate", 4.0, np.nan)
+    occurred_at = rng.random(n) * 1e7
+
+    def peak_bytes(user_ids: np.ndarray) -> int:
+        tracemalloc.start()  # numpy and pandas report their buffers to tracemalloc
+        try:
+            events = EventColumns(user_ids, items, types, values, occurred_at)
+            build_interactions(events, FeatureConfig())
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    with_long_id = users.copy()
+    with_long_id[n // 2] = "x" * 128
+    assert peak_bytes(with_long_id) < 1.10 * peak_bytes(users)
+
+
+# ------------------------------------------------------------------------------------------
+# Event weights
+
+
+def test_event_weights_is_the_per_event_rule() -> None:
+    config = FeatureConfig(rating_negative_below=2.0)
+    types = ["view", "rate", "rate", "rate", "rate", "dislike", "purchase", "no-such-type"]
+    values = np.array([np.nan, 4.0, np.nan, 1.0, -3.0, np.nan, 7.0, 1.0])
+    codes = event_type_codes(types, config)
+    assert codes[-1] == -1 and [config.known_types[c] for c in codes[:-1]] == types[:-1]
+    weights, negative = event_weights(codes, values, config)
+    # ratings: value x weight, none counts 1, below 0 counts 0; other values are ignored
+    assert weights.tolist() == [1.0, 4.0, 1.0, 1.0, 0.0, 0.0, 5.0, 0.0]
+    assert negative.tolist() == [False, False, False, True, True, True, False, False]
+
+
+def test_build_interactions_weighs_each_event_by_the_rule() -> None:
+    config = FeatureConfig(rating_negative_below=2.0, weight_cap=None, min_user_interactions=0)
+    rng = np.random.default_rng(4)
+    types = rng.choice(np.array([*config.known_types, "other"], dtype=object), 300)
+    values = np.where(rng.random(300) < 0.2, np.nan, rng.integers(-1, 6, 300).astype(float))
+    ev = EventColumns(
+        np.array([f"u{k}" for k in range(300)], dtype=object),  # one event per pair
+        np.full(300, "c1", dtype=object),
+        types,
+        values,
+        np.arange(300.0),
+    )
+    it = build_interactions(ev, config)
+    weights, negative = event_weights(event_type_codes(types, config), values, config)
+    for k in range(300):
+        u = it.users.index_of(f"u{k}")
+        if u is None:  # an ignored type
+            assert types[k] == "other"
+            continue
+        assert it.negatives[u, 0] == negative[k]
+        assert it.weights[u, 0] == pytest.approx(0.0 if negative[k] else weights[k])
 
 
 # ------------------------------------------------------------------------------------------
@@ -266,6 +342,28 @@ def test_bm25_confidence_keeps_sparsity_and_stays_at_least_one() -> None:
     assert conf.data.min() >= 1.0 and conf.data.max() > 1.0
     with pytest.raises(ValueError, match="scheme"):
         confidence(weights, 1.0, "cubic")  # type: ignore[arg-type]
+
+
+def test_fitted_bm25_is_implicits_recipe_and_works_row_by_row() -> None:
+    """Fitted on the training weights, the transform equals implicit's bm25_weight (item x
+    user) there, and gives any subset of rows the values it gave them in the whole matrix: a
+    folded-in row with no new events gets its training confidences back."""
+    rng = np.random.default_rng(1)
+    array = rng.integers(1, 20, (40, 15)) * (rng.random((40, 15)) < 0.4)
+    array[:3] = 1  # users who saw every item: idf < 0, clipped
+    weights = sp.csr_matrix(array.astype(np.float32))
+    fitted = Confidence.fit(weights, alpha=2.0, scheme="bm25", bm25_k1=100, bm25_b=0.8)
+    implicit_bm25 = sp.csr_matrix(bm25_weight(weights.T.tocsr(), K1=100, B=0.8).T)
+    implicit_bm25.sort_indices()
+    whole = fitted.transform(weights)
+    expected = 1.0 + 2.0 * np.clip(implicit_bm25.data, 0.0, None)
+    np.testing.assert_allclose(whole.data, expected, rtol=1e-5)
+    rows = [5, 0, 17]
+    assert (fitted.transform(weights[rows]) != whole[rows]).nnz == 0
+    again = Confidence.from_arrays(fitted.to_arrays())
+    assert (again.transform(weights) != whole).nnz == 0
+    with pytest.raises(ValueError, match="items"):
+        fitted.transform(weights[:, :10])
 
 
 # ------------------------------------------------------------------------------------------

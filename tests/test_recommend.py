@@ -11,21 +11,23 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from conftest import INGEST, OPS, READ, activate_behind_the_api
+from conftest import INGEST, OPS, READ, ServerThread, activate_behind_the_api
 from recsvc import metrics
 from recsvc.config import Settings
 from recsvc.demo_data import generate
+from test_metrics import increase, scrape
 from test_models import load_demo, wait_for_job
+
+BATCH_SIZE = "recsvc_scoring_batch_size"
 
 DEMO = {"n_users": 800, "n_items": 150}
 
 
 @pytest.fixture
 def trained(settings: Settings, tmp_path: Path) -> Settings:
-    """A small demo data set, loaded and trained (with a second of quiet in between, so the
+    """A small demo data set, loaded (the model trained on it holds every event, so the
     model, not fold-in, answers for users without newer events)."""
     load_demo(settings, tmp_path / "data", **DEMO)
-    time.sleep(1.1)
     return settings
 
 
@@ -220,9 +222,11 @@ async def test_similar_items_and_popular(live: httpx.AsyncClient) -> None:
     popular = (await live.get("/v1/popular", params={"n": 5}, headers=READ)).json()
     assert popular["strategy"] == "popular"
     assert len(popular["items"]) == 5
-    windowed = await live.get("/v1/popular", params={"n": 5, "window_days": 3650}, headers=READ)
+    windowed = await live.get("/v1/popular", params={"n": 5, "window_days": 365}, headers=READ)
     assert windowed.status_code == 200
     assert len(windowed.json()["items"]) == 5
+    too_long = await live.get("/v1/popular", params={"n": 5, "window_days": 366}, headers=READ)
+    assert too_long.status_code == 422
     assert (await live.get("/v1/popular", params={"n": 0}, headers=READ)).status_code == 422
     assert (await live.get("/v1/popular", params={"n": 5})).status_code == 401
 
@@ -246,11 +250,65 @@ async def test_bad_requests(live: httpx.AsyncClient) -> None:
     assert (await live.get("/v1/users/u1/recommendations", headers=INGEST)).status_code == 403
 
 
-async def test_concurrent_requests_share_batches(live: httpx.AsyncClient) -> None:
-    users = [f"u{i:05d}" for i in range(1, 41)]
-    one_by_one = [ids(await get(live, u, n=5)) for u in users]
-    together = await asyncio.gather(*(get(live, u, n=5) for u in users))
-    assert [ids(r) for r in together] == one_by_one
+def without_scores(result: dict[str, Any]) -> dict[str, Any]:
+    """The answer with every score and reason weight left out (ids, titles, order stay)."""
+    items = [
+        {
+            **{k: v for k, v in item.items() if k != "score"},
+            **(
+                {"reasons": [(r["item_id"], r["title"]) for r in item["reasons"]]}
+                if "reasons" in item
+                else {}
+            ),
+        }
+        for item in result["items"]
+    ]
+    return {**result, "items": items}
+
+
+def scores(result: dict[str, Any]) -> list[float]:
+    return [
+        number
+        for item in result["items"]
+        for number in [item["score"], *(r["weight"] for r in item.get("reasons", []))]
+    ]
+
+
+async def test_concurrent_requests_are_scored_in_shared_batches(
+    trained: Settings, server: ServerThread
+) -> None:
+    """32 requests at once to a real server: some are scored together (a batch of more than
+    one in recsvc_scoring_batch_size), and each gets exactly the answer it gets alone."""
+    async with httpx.AsyncClient(base_url=server.url, timeout=60) as http:
+        started = await http.post("/v1/models/train", headers=OPS)
+        job = await wait_for_job(http, started.json()["job_id"])
+        assert job["state"] == "succeeded", job
+        deadline = time.monotonic() + 30
+        while (await http.get("/readyz")).json()["model"] != job["version"]:
+            assert time.monotonic() < deadline, "the server did not load the model"
+            await asyncio.sleep(0.1)
+        # known users, one with events newer than the model (fold-in), an unknown one
+        await send(http, {"user_id": "u00005", "item_id": "c0100", "type": "enroll"})
+        users = [f"u{i:05d}" for i in range(1, 31)] + ["u00005", "never-seen"]
+        requests = [(user, {"n": 5, "explain": i % 2 == 0}) for i, user in enumerate(users)]
+        alone = [await get(http, user, **params) for user, params in requests]
+        assert {r["strategy"] for r in alone} == {"als", "als_foldin", "popular"}
+
+        before = await scrape(http)
+        for _ in range(5):  # a round almost always suffices; more rounds cannot hide a bug
+            together = await asyncio.gather(*(get(http, u, **params) for u, params in requests))
+            assert [without_scores(r) for r in together] == [without_scores(r) for r in alone]
+            for one, other in zip(together, alone, strict=True):  # float32 products: batched
+                assert scores(one) == pytest.approx(scores(other), rel=1e-5, abs=1e-6)  # vs not
+            after = await scrape(http)
+            batches = increase(before, after, f"{BATCH_SIZE}_count")
+            singles = increase(before, after, f"{BATCH_SIZE}_bucket", le="1.0")
+            requests_scored = increase(before, after, f"{BATCH_SIZE}_sum")
+            assert requests_scored % len(requests) == 0  # every request scored exactly once
+            if batches - singles > 0:
+                break
+        assert batches - singles > 0, f"{batches:.0f} batches, all of size 1"
+        assert batches < requests_scored
 
 
 async def test_a_corrupt_activated_model_is_refused_and_the_old_one_serves(

@@ -15,8 +15,16 @@ from typing import Any
 import numpy as np
 import pytest
 
+from recsvc import artifact
 from recsvc.artifact import ModelArtifact
-from recsvc.features import EventColumns, FeatureConfig, TextIndex, build_interactions
+from recsvc.features import (
+    ConfidenceScheme,
+    EventColumns,
+    FeatureConfig,
+    TextIndex,
+    build_interactions,
+    event_weights,
+)
 from recsvc.scorer import (
     CatalogView,
     RecentEvent,
@@ -25,7 +33,7 @@ from recsvc.scorer import (
     Scorer,
     UnknownItem,
 )
-from recsvc.training import ALSParams, train_model
+from recsvc.training import ALSParams, als_from_factors, fold_in_users, train_model
 
 TITLES = {
     "A0": "Python数据分析实战",
@@ -338,3 +346,141 @@ def test_an_empty_scorer_answers_with_empty_popular_lists() -> None:
 
 def test_the_scorer_knows_its_version(scorer: Scorer) -> None:
     assert scorer.version == "20261128T101500-3f2a"
+
+
+# --------------------------------------------------------------------------------------------
+# Fold-in on the training scale, for each confidence scheme
+# --------------------------------------------------------------------------------------------
+
+NOTHING_NEW = (event("not-in-the-model", "view"),)  # forces fold-in, adds no model weight
+
+
+def varied_events(extra: tuple[tuple[str, str, str], ...] = ()) -> EventColumns:
+    """200 users in two taste groups over 30 items, with repeated views, purchases, search
+    clicks and 1-5 ratings per pair: pair weights spread from 1 to the cap (20), so bm25 and
+    log1p confidences differ. `extra` adds (user, item, type) events after all the others."""
+    rng = np.random.default_rng(7)
+    rows: list[tuple[str, str, str, float | None]] = []
+    for u in range(200):
+        group = u % 2
+        for j in rng.choice(15, size=8, replace=False):
+            for _ in range(int(rng.integers(1, 5))):
+                type_ = str(rng.choice(["view", "purchase", "rate", "search_click"]))
+                value = float(rng.integers(1, 6)) if type_ == "rate" else None
+                rows.append((f"u{u:03d}", f"i{group * 15 + j:02d}", type_, value))
+    rows.extend((user, item, type_, None) for user, item, type_ in extra)
+    return EventColumns.from_lists(
+        [r[0] for r in rows],
+        [r[1] for r in rows],
+        [r[2] for r in rows],
+        [float(t) for t in range(len(rows))],
+        [r[3] for r in rows],
+    )
+
+
+def scheme_params(scheme: ConfidenceScheme) -> ALSParams:
+    return ALSParams(factors=8, regularization=1.0, alpha=2.0, iterations=30, confidence=scheme)
+
+
+@pytest.fixture(scope="module", params=["log1p", "bm25"])
+def by_scheme(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Scorer, ModelArtifact]:
+    """A model per confidence scheme, through save and load like a served one."""
+    interactions = build_interactions(varied_events(), FeatureConfig())
+    trained = train_model(interactions, scheme_params(request.param), 0.2, seed=0)
+    built = ModelArtifact.from_training("20261128T101500-0001", trained, interactions)
+    loaded = artifact.load(artifact.save(built, tmp_path_factory.mktemp("models")))
+    return Scorer(loaded, FeatureConfig(), frozenset()), loaded
+
+
+def fold_in(scorer: Scorer, requests: list[RecommendRequest]) -> list[Any]:
+    """The fold-in step of `recommend`, to look at the vectors and confidence rows it made."""
+    index = scorer._catalog_index(CatalogView())
+    plans = [scorer._plan(request, index) for request in requests]
+    scorer._fold_in(plans)
+    return plans
+
+
+def test_fold_in_without_new_weight_gives_back_the_stored_users(
+    by_scheme: tuple[Scorer, ModelArtifact],
+) -> None:
+    """Each known user folded in from their stored row alone gets the confidences the model was
+    trained on and (nearly) their trained vector, whatever the confidence scheme."""
+    scorer, model = by_scheme
+    users = model.users.ids.tolist()
+    result = ask(scorer, CatalogView(), user_id=users[0], recent=NOTHING_NEW)
+    assert result.strategy == "als_foldin"
+    plans = fold_in(scorer, [RecommendRequest(user_id=u, recent=NOTHING_NEW) for u in users])
+    for row, plan in enumerate(plans):
+        columns, confidences = plan.folded_row
+        stored = model.user_items[row]
+        np.testing.assert_array_equal(columns, stored.indices)
+        np.testing.assert_allclose(confidences, stored.data, rtol=1e-6)
+    folded = np.stack([plan.vector for plan in plans])
+    trained = model.user_factors
+    cosine = (folded * trained).sum(axis=1) / (
+        np.linalg.norm(folded, axis=1) * np.linalg.norm(trained, axis=1)
+    )
+    assert cosine.min() >= 0.999
+
+
+def test_a_new_event_lands_on_the_training_scale(
+    by_scheme: tuple[Scorer, ModelArtifact],
+) -> None:
+    """A purchase folded in gets (about) the confidence that training on it would give: the
+    same weight rule, the same fitted transform. Not exact for bm25: one event moves the
+    item's length norm a little when training refits it."""
+    scorer, model = by_scheme
+    user = "u000"
+    row = model.users.index_of(user)
+    assert row is not None
+    unseen = np.setdiff1d(np.arange(model.n_items), model.user_items[row].indices)
+    item = model.items.id_of(int(unseen[0]))
+    (plan,) = fold_in(scorer, [RecommendRequest(user_id=user, recent=(event(item, "purchase"),))])
+    retrained = build_interactions(varied_events(((user, item, "purchase"),)), FeatureConfig())
+    assert retrained.items == model.items and retrained.users == model.users
+    expected = scheme_params(model.params.confidence).confidence_of(retrained.weights)[row]
+    columns, confidences = plan.folded_row
+    np.testing.assert_array_equal(columns, expected.indices)
+    np.testing.assert_allclose(confidences, expected.data, rtol=0.03)
+
+
+def test_serving_folds_in_through_the_training_path(
+    by_scheme: tuple[Scorer, ModelArtifact],
+) -> None:
+    """`training.fold_in_users` with the stored weights and fitted confidence is what the
+    scorer computes (evaluate_active calls the same function)."""
+    scorer, model = by_scheme
+    users = model.users.ids.tolist()[:5]
+    plans = fold_in(scorer, [RecommendRequest(user_id=u, recent=NOTHING_NEW) for u in users])
+    weights, confidence = model.fold_in_basis()
+    als = als_from_factors(model.user_factors, model.item_factors, model.params)
+    vectors, rows = fold_in_users(als, confidence, weights[: len(users)])
+    np.testing.assert_allclose(np.stack([p.vector for p in plans]), vectors, rtol=1e-5, atol=1e-6)
+    assert (rows != model.user_items[: len(users)]).nnz == 0
+
+
+def test_recent_events_are_weighted_by_the_training_rule(scorer: Scorer) -> None:
+    """The scorer's per-item weights and polarities equal `features.event_weights` summed per
+    item: ratings times their value (none counts as 1), dislikes and unknown types."""
+    config = FeatureConfig(rating_negative_below=2.0)
+    strict = Scorer.empty(config)
+    recent = (
+        event("x", "rate", 1.0, 4.0),
+        event("x", "purchase", 2.0),
+        event("y", "rate", 1.0, None),
+        event("z", "rate", 3.0, 1.0),  # below the threshold: negative
+        event("w", "dislike", 4.0),
+        event("w", "view", 1.0),  # older than the dislike
+        event("v", "no-such-type", 1.0),
+    )
+    signals = strict._recent_signals(RecommendRequest(recent=recent))
+    codes = np.array([config.known_types.index(e.type) if e.type in config.known_types else -1
+                      for e in recent])  # fmt: skip
+    values = np.array([np.nan if e.value is None else e.value for e in recent])
+    weights, negative = event_weights(codes, values, config)
+    assert weights.tolist() == [4.0, 5.0, 1.0, 1.0, 0.0, 1.0, 0.0]
+    assert negative.tolist() == [False, False, False, True, True, False, False]
+    assert signals.weights == {"x": 9.0, "y": 1.0, "w": 1.0}
+    assert signals.negative == {"z", "w"} and signals.lifted == {"x", "y"}

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+from typing import Any
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
 
+from recsvc import training
 from recsvc.features import (
+    ConfidenceScheme,
     EventColumns,
     FeatureConfig,
     Interactions,
@@ -261,6 +266,45 @@ def test_an_active_model_never_recommends_items_it_does_not_know(blocks: Interac
     )
     metrics = evaluate_active(active, blocks.items, split_holdout(blocks, 0.25, seed=0))
     assert metrics["coverage"] <= (blocks.shape[1] - 1) / blocks.shape[1]
+
+
+@pytest.mark.parametrize("scheme", ["log1p", "bm25"])
+def test_the_final_fit_keeps_its_weights_and_fitted_confidence(
+    blocks: Interactions, scheme: ConfidenceScheme
+) -> None:
+    trained = train_model(blocks, replace(PARAMS, confidence=scheme), 0.25, seed=0)
+    assert trained.confidence.scheme == scheme
+    assert (trained.user_weights != blocks.weights).nnz == 0
+    assert (trained.confidence.transform(trained.user_weights) != trained.user_items).nnz == 0
+
+
+def test_an_active_model_is_folded_in_with_its_own_fitted_confidence(
+    blocks: Interactions, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """evaluate_active folds users in like serving does: `fold_in_users`, with the confidence
+    fitted when the active model was trained (not one refitted on the evaluation split)."""
+    params = replace(PARAMS, confidence="bm25")
+    trained = train_model(blocks, params, 0.25, seed=0)
+    active = ActiveModel(
+        users=trained.users,
+        items=trained.items,
+        item_factors=trained.item_factors,
+        user_items=trained.user_items,
+        params=params,
+        metrics={},
+        confidence=trained.confidence,
+    )
+    used: list[Any] = []
+    fold_in_users = training.fold_in_users
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        used.append(args[1])
+        return fold_in_users(*args, **kwargs)
+
+    monkeypatch.setattr(training, "fold_in_users", spy)
+    metrics = evaluate_active(active, blocks.items, split_holdout(blocks, 0.25, seed=0))
+    assert used and all(confidence is trained.confidence for confidence in used)
+    assert set(metrics) == set(METRIC_NAMES)
 
 
 def test_activation_rule() -> None:

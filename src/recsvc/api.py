@@ -75,7 +75,7 @@ async def catalog_written(request: Request, session: AsyncSession) -> None:
     """Commit a catalog change and let this worker's recommendations see it at once (other
     workers see it within one poll)."""
     await session.commit()
-    await request.app.state.serving.refresh_catalog()
+    await request.app.state.serving.refresh_changes()
 
 
 # Schemas the routes refer to by hand (bodies parsed in `parsed`, problem documents);
@@ -207,7 +207,8 @@ async def post_events(
     session: SessionDep,
     batch: Annotated[EventBatch, Depends(parsed(EventBatch))],
 ) -> IngestResult:
-    """Store a batch of 1..1000 events, all or nothing, durably before answering 202.
+    """Store a batch of 1..1000 events, all or nothing, committed durably before answering 202
+    (PostgreSQL with synchronous_commit on; SQLite with synchronous=FULL).
     A repeated `event_id` is counted in `duplicates` and not stored again."""
     accepted, duplicates = await ingest.insert_events(session, batch.events)
     await session.commit()  # durable before the 202 goes out
@@ -353,9 +354,13 @@ async def get_user(user_id: PathId, session: SessionDep) -> UserOut:
     dependencies=[Depends(require("admin"))],
     responses={**AUTH_RESPONSES, 404: problem("no profile and no events")},
 )
-async def delete_user(user_id: PathId, session: SessionDep) -> Response:
-    """Right to be forgotten: erase the learner's profile and all of their events."""
+async def delete_user(request: Request, user_id: PathId, session: SessionDep) -> Response:
+    """Right to be forgotten: erase the learner's profile and all of their events. From the
+    204 on, this worker no longer uses the learner's model rows; every other worker within one
+    model poll (docs/design.md section 3 says what is guaranteed, and when)."""
     await ingest.delete_user(session, user_id)
+    await session.commit()
+    await request.app.state.serving.refresh_changes()
     return Response(status_code=204)
 
 
@@ -395,6 +400,16 @@ async def get_training_job(job_id: PathId, session: SessionDep) -> JobOut:
     return await registry.get_job(session, job_id)
 
 
+async def _models_dir(request: Request) -> pathlib.Path:
+    """This process's RECSVC_MODELS_DIR: a version's `artifact_path` is reported as resolved
+    under it, where this replica loads the version from (registry.artifact_dir)."""
+    settings: Settings = request.app.state.settings
+    return settings.models_dir
+
+
+ModelsDirDep = Annotated[pathlib.Path, Depends(_models_dir)]
+
+
 @v1.get(
     "/models",
     response_model=ModelVersionList,
@@ -403,9 +418,9 @@ async def get_training_job(job_id: PathId, session: SessionDep) -> JobOut:
     dependencies=[Depends(require("read"))],
     responses=AUTH_RESPONSES,
 )
-async def list_models(session: SessionDep) -> ModelVersionList:
+async def list_models(session: SessionDep, models_dir: ModelsDirDep) -> ModelVersionList:
     """Model versions, newest first, with parameters, data sizes, offline metrics, status."""
-    return ModelVersionList(versions=await registry.list_versions(session))
+    return ModelVersionList(versions=await registry.list_versions(session, models_dir))
 
 
 @v1.get(
@@ -416,8 +431,8 @@ async def list_models(session: SessionDep) -> ModelVersionList:
     dependencies=[Depends(require("read"))],
     responses={**AUTH_RESPONSES, 404: problem("no model is active yet")},
 )
-async def get_active_model(session: SessionDep) -> ModelVersionOut:
-    active = await registry.active_version(session)
+async def get_active_model(session: SessionDep, models_dir: ModelsDirDep) -> ModelVersionOut:
+    active = await registry.active_version(session, models_dir)
     if active is None:
         raise NotFound("no model is active yet: train one with POST /v1/models/train")
     return active
@@ -435,14 +450,16 @@ async def get_active_model(session: SessionDep) -> ModelVersionOut:
         409: problem("its artifact is missing or corrupt"),
     },
 )
-async def activate_model(version: PathId, session: SessionDep) -> ModelVersionOut:
+async def activate_model(
+    version: PathId, session: SessionDep, models_dir: ModelsDirDep
+) -> ModelVersionOut:
     """Serve this version (roll back or forward). Its files are verified first."""
     target = await registry.get_version(session, version)
     try:
-        await asyncio.to_thread(artifact.verify, pathlib.Path(target.artifact_path))
+        await asyncio.to_thread(artifact.verify, registry.artifact_dir(models_dir, target))
     except artifact.ArtifactError as exc:
         raise Conflict(f"version {version} cannot be activated: {exc}") from None
-    return await registry.activate(session, version)
+    return await registry.activate(session, version, models_dir)
 
 
 # Recommendations
@@ -487,8 +504,10 @@ def _recommendations(
 
 
 async def _recommend(serving: Serving, request: scorer.RecommendRequest) -> Response:
-    """The answer to `request`, with the user's newest events (seconds old) folded in."""
-    version = serving.version
+    """The answer to `request`, with the user's newest events (seconds old) folded in. The
+    model is taken once: a swap meanwhile does not mix two models in one answer."""
+    live = serving.live
+    version = live.version
     if version is None:
         # Before the first model (and its text index): what is popular in the events so far.
         result = await serving.popular_from_events(
@@ -498,7 +517,7 @@ async def _recommend(serving: Serving, request: scorer.RecommendRequest) -> Resp
             request.exclude,
         )
     else:
-        result = await serving.recommend_fresh(request)
+        result = await serving.recommend_fresh(request, live)
     return _recommendations(result, request.user_id, version)
 
 
@@ -508,6 +527,9 @@ async def _serving(request: Request) -> Serving:  # async: a def would hop to a 
 
 
 ServingDep = Annotated[Serving, Depends(_serving)]
+# Longest popularity window a client may ask for: each new window costs a COUNT(DISTINCT) over
+# the events in it (serving.Serving.popular_from_events bounds the cache).
+MAX_POPULAR_WINDOW_DAYS = 365
 
 RECOMMEND_RESPONSES = {
     200: {"model": Recommendations, "description": "a ranked list"},
@@ -615,7 +637,12 @@ async def popular_items(
     n: ItemsQuery = 10,
     category: CategoryQuery = None,
     window_days: Annotated[
-        float | None, Query(gt=0, le=3650, description="default: the model's window (30 days)")
+        float | None,
+        Query(
+            gt=0,
+            le=MAX_POPULAR_WINDOW_DAYS,
+            description="default: the model's window (30 days); rounded up to whole days",
+        ),
     ] = None,
     exclude: ExcludeQuery = None,
 ) -> Response:

@@ -69,7 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
-        engine = db.make_engine(settings.database_url)
+        engine = db.make_engine(settings.database_url, budget=db.connection_budget(settings))
         app.state.engine = engine
         app.state.sessionmaker = db.make_sessionmaker(engine)
         app.state.background = set()

@@ -7,6 +7,9 @@ A version folder holds plain arrays and JSON only (no pickle, loaded with allow_
     interactions.npz   the confidence matrix of the final fit, the negatives and the consumed
                        pairs (CSR parts)
     popularity.npz     popularity, recent_popularity (per item)
+    confidence.npz     what fold-in starts from: the final fit's pair weights (CSR parts) and
+                       its fitted confidence (features.Confidence); absent in older models,
+                       see ModelArtifact.fold_in_basis
     text_terms.json,   the item text index (optional, see features.TextIndex)
     text_index.npz
     manifest.json      version, params, sizes, metrics, created_at, code version, and the
@@ -30,7 +33,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -41,7 +44,7 @@ import scipy.sparse as sp
 
 from recsvc import __version__ as code_version
 from recsvc.config import DEFAULT_CONSUMED_TYPES
-from recsvc.features import Interactions, TextIndex, Vocabulary
+from recsvc.features import Confidence, Interactions, TextIndex, Vocabulary
 from recsvc.training import ALSParams, TrainedModel
 
 FORMAT_VERSION = 1
@@ -79,6 +82,10 @@ class ModelArtifact:
     code_version: str = code_version
     text_index: TextIndex | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
+    # The final fit's pair weights (user_items before the confidence) and its fitted confidence;
+    # None in models saved before they were stored: use `fold_in_basis`.
+    user_weights: sp.csr_matrix | None = None
+    confidence: Confidence | None = None
 
     @property
     def n_users(self) -> int:
@@ -87,6 +94,27 @@ class ModelArtifact:
     @property
     def n_items(self) -> int:
         return len(self.items)
+
+    def fold_in_basis(self) -> tuple[sp.csr_matrix, Confidence]:
+        """The stored pair weights and the confidence fitted at training: fold-in adds a user's
+        new weights to their stored ones and applies that confidence, as training would.
+
+        Models saved without them fall back to a log1p confidence at the model's alpha and to
+        weights recovered from `user_items` with its inverse, w = expm1((c - 1) / alpha) (all 1
+        when alpha is 0). That is exact for log1p models. For older bm25 models a user's stored
+        row still folds in unchanged, but new events are weighted on the log1p scale rather
+        than the training one, until the next training writes a complete artifact.
+        """
+        if self.user_weights is not None and self.confidence is not None:
+            return self.user_weights, self.confidence
+        legacy = Confidence("log1p", self.params.alpha)
+        weights = sp.csr_matrix(self.user_items, dtype=np.float32, copy=True)
+        if legacy.alpha > 0:
+            recovered = np.expm1((weights.data.astype(np.float64) - 1.0) / legacy.alpha)
+            weights.data = recovered.astype(np.float32)
+        else:
+            weights.data[:] = 1.0
+        return weights, legacy
 
     @classmethod
     def from_training(
@@ -116,6 +144,8 @@ class ModelArtifact:
             created_at=_utc_now_iso(),
             text_index=text_index,
             extra=dict(extra or {}),
+            user_weights=trained.user_weights,
+            confidence=trained.confidence,
         )
 
 
@@ -184,7 +214,11 @@ def save(artifact: ModelArtifact, models_dir: Path) -> Path:
                 "user_factors": np.asarray(artifact.user_factors, dtype=np.float32),
                 "item_factors": np.asarray(artifact.item_factors, dtype=np.float32),
             },
-            "vocabulary.npz": {"user_ids": artifact.users.ids, "item_ids": artifact.items.ids},
+            # Vocabulary ids are object arrays: fixed-width unicode to save them without pickle.
+            "vocabulary.npz": {
+                "user_ids": artifact.users.ids.astype(str),
+                "item_ids": artifact.items.ids.astype(str),
+            },
             "interactions.npz": {
                 **_csr_arrays("user_items", sp.csr_matrix(artifact.user_items)),
                 **_csr_arrays("negatives", sp.csr_matrix(artifact.negatives)),
@@ -195,6 +229,11 @@ def save(artifact: ModelArtifact, models_dir: Path) -> Path:
                 "recent_popularity": np.asarray(artifact.recent_popularity, dtype=np.int64),
             },
         }
+        if artifact.user_weights is not None and artifact.confidence is not None:
+            arrays["confidence.npz"] = {
+                **_csr_arrays("user_weights", sp.csr_matrix(artifact.user_weights)),
+                **artifact.confidence.to_arrays(),
+            }
         written: list[Path] = []
         for name, content in arrays.items():
             with (temp / name).open("wb") as fh:
@@ -287,6 +326,12 @@ def load(path: Path) -> ModelArtifact:
         with np.load(path / "popularity.npz", allow_pickle=False) as npz:
             popularity = npz["popularity"]
             recent_popularity = npz["recent_popularity"]
+        user_weights: sp.csr_matrix | None = None
+        confidence: Confidence | None = None
+        if "confidence.npz" in manifest["files"]:
+            with np.load(path / "confidence.npz", allow_pickle=False) as npz:
+                user_weights = _csr_from(npz, "user_weights")
+                confidence = Confidence.from_arrays(npz)
         text_index = TextIndex.load(path) if manifest.get("has_text_index") else None
         params = ALSParams.from_dict(manifest["params"])
     except ArtifactError:
@@ -306,9 +351,14 @@ def load(path: Path) -> ModelArtifact:
         ("user_items", user_items),
         ("negatives", negatives),
         ("consumed", consumed),
+        ("user_weights", user_weights),
     ):
-        if matrix.shape != (n_users, n_items):
+        if matrix is not None and matrix.shape != (n_users, n_items):
             problems.append(f"{name} shape {matrix.shape} vs {(n_users, n_items)}")
+    if confidence is not None and confidence.scheme == "bm25":
+        norm_shape = confidence.item_length_norm.shape
+        if norm_shape != (n_items,):
+            problems.append(f"bm25 item_length_norm shape {norm_shape} vs {n_items} items")
     for name, array in (("popularity", popularity), ("recent_popularity", recent_popularity)):
         if array.shape != (n_items,):
             problems.append(f"{name} shape {array.shape} vs {n_items} items")
@@ -336,6 +386,8 @@ def load(path: Path) -> ModelArtifact:
         code_version=str(manifest.get("code_version", "")),
         text_index=text_index,
         extra=dict(manifest.get("extra", {})),
+        user_weights=user_weights,
+        confidence=confidence,
     )
 
 
@@ -385,3 +437,48 @@ def prune(models_dir: Path, keep: Iterable[str], stale_temp_seconds: float = 360
                 if entry.stat().st_mtime < cutoff:
                     shutil.rmtree(entry, ignore_errors=True)
     return removed
+
+
+# Fields of `ModelArtifact` with one row per user: what erasing a user removes.
+_PER_USER_ROWS = ("user_factors", "user_items", "negatives", "consumed", "user_weights")
+
+
+def without_users(model: ModelArtifact, user_ids: Iterable[str]) -> ModelArtifact | None:
+    """`model` without the rows of these users (erasure), or None when it holds none of them.
+    Item factors, popularity counts and metrics are aggregates over every learner and stay."""
+    rows = model.users.indices_of(user_ids)
+    rows = rows[rows >= 0]
+    if not len(rows):
+        return None
+    keep = np.ones(model.n_users, dtype=bool)
+    keep[rows] = False
+    changed: dict[str, Any] = {
+        name: matrix[keep]
+        for name in _PER_USER_ROWS
+        if (matrix := getattr(model, name)) is not None  # user_weights of older models
+    }
+    return replace(model, users=Vocabulary(model.users.ids[keep]), **changed)
+
+
+def rewrite_without_users(path: Path, user_ids: Iterable[str]) -> bool:
+    """Replace the version folder at `path` by one without these users' rows; False when it
+    holds none of them. The new folder is written completely first, then swapped in with two
+    renames: a worker that loads the version in the instant between them is refused the model
+    and keeps serving the one it has."""
+    model = load(path)
+    smaller = without_users(model, user_ids)
+    if smaller is None:
+        return False
+    staging = Path(tempfile.mkdtemp(prefix=f"{_TEMP_PREFIX}rewrite-", dir=path.parent))
+    try:
+        written = save(smaller, staging)
+        trash = path.parent / f"{_TRASH_PREFIX}{path.name}-{secrets.token_hex(2)}"
+        os.rename(path, trash)
+        os.rename(written, path)
+        _fsync_path(path.parent)
+        shutil.rmtree(trash, ignore_errors=True)
+    except OSError as exc:
+        raise ArtifactError(f"could not rewrite {path}: {exc}") from exc
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return True

@@ -31,7 +31,8 @@ def _settings() -> Settings:
 async def _database(settings: Settings) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
     """The configured database, migrated if needed, for the length of one command."""
     await db.upgrade(settings.database_url)
-    engine = db.make_engine(settings.database_url)
+    # Capped at what `recsvc serve` leaves free on the server for one CLI process.
+    engine = db.make_engine(settings.database_url, pool_size=db.CLI_CONNECTIONS, max_overflow=0)
     try:
         yield db.make_sessionmaker(engine)
     finally:
@@ -45,6 +46,31 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+async def connection_limit_problem(settings: Settings, workers: int) -> str | None:
+    """Why `workers` serving processes would not fit in the PostgreSQL server's connection
+    limit (one line), or None when they fit or the database is SQLite.
+
+    Counted: each worker's whole budget (RECSVC_DB_CONNECTIONS_PER_WORKER, db.ConnectionBudget)
+    and one CLI process (db.CLI_CONNECTIONS, e.g. `recsvc train` from cron), against
+    max_connections minus the reserved slots. Not counted, and the operator's to leave room for:
+    other replicas on other machines, and other clients of the same server.
+    """
+    limit = await db.server_connection_limit(settings.database_url)
+    if limit is None:
+        return None
+    per_worker = db.connection_budget(settings).total
+    needed = workers * per_worker + db.CLI_CONNECTIONS
+    if needed <= limit:
+        return None
+    return (
+        f"{workers} workers x {per_worker} connections (RECSVC_DB_CONNECTIONS_PER_WORKER) + "
+        f"{db.CLI_CONNECTIONS} for `recsvc train` = {needed}, more than the {limit} the "
+        "PostgreSQL server accepts (max_connections minus reserved connections); use fewer "
+        "--workers, a smaller RECSVC_DB_CONNECTIONS_PER_WORKER or a larger max_connections, "
+        "or start anyway with --ignore-connection-limit"
+    )
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -54,6 +80,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise SystemExit(f"recsvc: {exc}") from None
     asyncio.run(db.upgrade(settings.database_url))
+    problem = asyncio.run(connection_limit_problem(settings, args.workers))
+    if problem is not None:
+        if not getattr(args, "ignore_connection_limit", False):
+            raise SystemExit(f"recsvc serve: {problem}")
+        log.warning("starting anyway (--ignore-connection-limit): %s", problem)
     uvicorn.run(
         "recsvc.app:create_app",
         factory=True,
@@ -299,6 +330,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
     serve.add_argument("--port", type=int, default=8000, help="port to listen on")
     serve.add_argument("--workers", type=int, default=1, help="worker processes")
+    serve.add_argument(
+        "--ignore-connection-limit",
+        action="store_true",
+        help="start even when workers x RECSVC_DB_CONNECTIONS_PER_WORKER (+3 for `recsvc train`) "
+        "exceed the PostgreSQL server's max_connections (only logs a warning)",
+    )
     serve.add_argument("--log-level", default="info", help="uvicorn log level")
     serve.set_defaults(func=cmd_serve)
 

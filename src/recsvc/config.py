@@ -13,10 +13,12 @@ from typing import Literal
 from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from recsvc.db import DEFAULT_CONNECTIONS_PER_WORKER, MIN_CONNECTIONS_PER_WORKER
+
 Scope = Literal["ingest", "read", "admin"]
 
-# DESIGN.md section 4. `rate` uses the event's value (1..5) as its weight; `dislike` is an explicit
-# negative (never recommend that item to that user) and carries no positive weight.
+# docs/design.md section 4. `rate` uses the event's value (1..5) as its weight; `dislike` is an
+# explicit negative (never recommend that item to that user) and carries no positive weight.
 DEFAULT_EVENT_WEIGHTS: dict[str, float] = {
     "view": 1.0,
     "click": 1.0,
@@ -30,7 +32,7 @@ DEFAULT_EVENT_WEIGHTS: dict[str, float] = {
     "rate": 1.0,
     "dislike": 0.0,
 }
-# A user's items with these events are never recommended to that user again (DESIGN.md 2).
+# A user's items with these events are never recommended to that user again (docs/design.md 2).
 DEFAULT_CONSUMED_TYPES: tuple[str, ...] = ("enroll", "purchase", "complete", "rate", "review")
 
 
@@ -45,6 +47,16 @@ class Settings(BaseSettings):
         description="SQLAlchemy async URL; production: postgresql+asyncpg://user@host/db",
     )
     models_dir: Path = Field(Path("./models"), description="where model versions are stored")
+    db_connections_per_worker: int = Field(
+        DEFAULT_CONNECTIONS_PER_WORKER,
+        ge=MIN_CONNECTIONS_PER_WORKER,
+        le=10_000,
+        description="PostgreSQL connections one serving worker may hold at once, all of its pools "
+        "together (SQLAlchemy's, the recent-events read pool, the LISTEN connection; split in "
+        "db.ConnectionBudget: 20 gives 9+3 overflow, 7 and 1). A server must accept workers x "
+        "this, plus 3 per `recsvc train` or other CLI process; `recsvc serve --workers N` checks "
+        "that against PostgreSQL's max_connections and refuses to start when it does not fit",
+    )
 
     # Security
     api_keys: dict[str, list[Scope]] = Field(
@@ -62,7 +74,7 @@ class Settings(BaseSettings):
         300, ge=0, description="how far in the future a timestamp may be"
     )
 
-    # Events and features (DESIGN.md section 4)
+    # Events and features (docs/design.md section 4)
     event_weights: dict[str, float] = Field(
         default_factory=lambda: dict(DEFAULT_EVENT_WEIGHTS),
         description="event type -> weight; the keys are the allowed event types",
@@ -75,7 +87,7 @@ class Settings(BaseSettings):
         None, description="ratings below this count as negative (off by default)"
     )
 
-    # Features (DESIGN.md section 4)
+    # Features (docs/design.md section 4)
     half_life_days: float | None = Field(
         None, gt=0, description="exponential decay of event weights with age; unset: no decay"
     )
@@ -84,7 +96,7 @@ class Settings(BaseSettings):
     min_item_interactions: int = Field(1, ge=0, description="items with fewer users: not in ALS")
     popularity_window_days: float = Field(30.0, gt=0, description="window of recent popularity")
 
-    # Training (DESIGN.md section 5); defaults measured on MovieLens-100k, see README
+    # Training (docs/design.md section 5); defaults measured on MovieLens-100k, see README
     als_factors: int = Field(64, ge=1, le=1024)
     als_regularization: float = Field(30.0, ge=0)
     als_alpha: float = Field(2.0, ge=0, description="confidence = 1 + alpha * f(weight)")
@@ -105,7 +117,7 @@ class Settings(BaseSettings):
         description="seconds between scheduled trainings (RECSVC_TRAIN_INTERVAL); unset: off",
     )
 
-    # Serving (DESIGN.md sections 2 and 5)
+    # Serving (docs/design.md sections 2 and 5)
     consumed_event_types: list[str] = Field(
         default_factory=lambda: list(DEFAULT_CONSUMED_TYPES),
         description="a user's items with these events are never recommended to them again",
@@ -141,7 +153,7 @@ class Settings(BaseSettings):
         return sorted(self.event_weights)
 
     def require_auth_configured(self) -> None:
-        """Refuse to serve an API nobody can call safely (DESIGN.md section 7)."""
+        """Refuse to serve an API nobody can call safely (docs/design.md section 7)."""
         if not self.api_keys and not self.auth_disabled:
             raise ValueError(
                 "no API keys configured: set RECSVC_API_KEYS, e.g. "

@@ -989,7 +989,7 @@ _DAY = 86400
 
 @dataclass
 class DemoData:
-    """The generated data set: JSON-ready dicts in the shapes of DESIGN.md sections 2 and 4."""
+    """The generated data set: JSON-ready dicts in the shapes of docs/design.md sections 2 and 4."""
 
     items: list[dict[str, Any]]
     users: list[dict[str, Any]]

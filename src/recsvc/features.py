@@ -3,37 +3,41 @@
 This module owns everything between "a column of events" and "matrices a model can learn from":
 
 * `EventColumns`: the events as numpy columns (filled by the DB loader, or from lists in tests).
-* `FeatureConfig`: event-type weights, time decay, cap, negatives, minimum counts (DESIGN §4).
+* `FeatureConfig`: event-type weights, time decay, cap, negatives, minimum counts
+  (docs/design.md §4).
 * `Vocabulary`: external id <-> dense index, with an explicit policy for unknown ids.
+* `event_weights`: the one per-event weight/polarity rule, shared by training and fold-in.
 * `build_interactions` -> `Interactions`: weights CSR, newest-timestamp CSR, negatives,
   popularity, per-type counts.
-* `confidence`: the ALS confidence 1 + alpha * f(weight), f = log1p or BM25.
+* `Confidence`: the ALS confidence 1 + alpha * f(weight), f = log1p or BM25, fitted on the
+  training weights and applied unchanged to fold-in rows.
 * `TextIndex`: character n-gram TF-IDF over item text, saved as plain arrays + JSON.
 
-numpy/scipy/scikit-learn only (plus implicit's `bm25_weight`, a pure scipy helper): no web,
-no database, no model training.
+numpy/scipy/pandas/scikit-learn only: no web, no database, no model training.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import numpy.typing as npt
+import pandas as pd
 import scipy.sparse as sp
-from implicit.nearest_neighbours import bm25_weight
 from sklearn.feature_extraction.text import TfidfVectorizer
 
 from recsvc.config import DEFAULT_EVENT_WEIGHTS
 
 FloatArray = npt.NDArray[np.float64]
 IndexArray = npt.NDArray[np.int64]
-StrArray = npt.NDArray[np.str_]
+# Ids are Python strings in object arrays (see `_as_id_array`).
+IdArray = npt.NDArray[np.object_]
 
 SECONDS_PER_DAY = 86_400.0
 
@@ -43,20 +47,22 @@ SECONDS_PER_DAY = 86_400.0
 # --------------------------------------------------------------------------------------------
 
 
-def _as_str_array(values: Sequence[str] | npt.NDArray[Any], name: str) -> StrArray:
-    # Fixed-width unicode: numpy sorts/compares it in C; object arrays compare through Python
-    # and made np.unique ~4x slower on 10M ids.
-    array = np.asarray(values)
+def _as_id_array(values: Sequence[str] | npt.NDArray[Any], name: str) -> IdArray:
+    """Strings as a one-dimensional object array (what the database loader already gives).
+
+    Not fixed-width unicode: numpy sizes every element like the longest one, so a single
+    128-character id among 10M events made each id 512 bytes (~5 GB per id column).
+    """
+    array = values if isinstance(values, np.ndarray) else np.array(list(values), dtype=object)
     if array.ndim != 1:
         raise ValueError(f"{name} must be one-dimensional")
-    if array.dtype.kind == "U":
-        return array
-    if array.size == 0:
-        return np.zeros(0, dtype="U1")
-    if array.dtype.kind == "O" or isinstance(array.dtype, np.dtypes.StringDType):
-        width = max(1, max(len(str(v)) for v in array.tolist()))
-        return array.astype(f"U{width}")
-    raise TypeError(f"{name} must hold strings, got dtype {array.dtype}")
+    if array.dtype.kind not in "UO" and not isinstance(array.dtype, np.dtypes.StringDType):
+        raise TypeError(f"{name} must hold strings, got dtype {array.dtype}")
+    array = array.astype(object, copy=False)
+    # infer_dtype walks the array in C and stops at the first non-string.
+    if pd.api.types.infer_dtype(array, skipna=False) not in ("string", "empty"):
+        raise TypeError(f"{name} must hold strings only")
+    return array
 
 
 def _as_float_array(values: Sequence[float | None] | npt.NDArray[Any], name: str) -> FloatArray:
@@ -74,21 +80,21 @@ class EventColumns:
     """Events as parallel columns; one position = one event.
 
     `values` is NaN where the event has no value; `occurred_at` is unix seconds (float64).
-    Inputs are normalised once here (ids -> fixed-width str arrays, floats -> float64) so the
+    Inputs are normalised once here (strings -> object arrays of str, floats -> float64) so the
     rest of the module can rely on dtypes.
     """
 
-    user_ids: StrArray
-    item_ids: StrArray
-    types: StrArray
+    user_ids: IdArray
+    item_ids: IdArray
+    types: IdArray
     values: FloatArray
     occurred_at: FloatArray
 
     def __post_init__(self) -> None:
         # frozen dataclass: normalising in place needs object.__setattr__
-        object.__setattr__(self, "user_ids", _as_str_array(self.user_ids, "user_ids"))
-        object.__setattr__(self, "item_ids", _as_str_array(self.item_ids, "item_ids"))
-        object.__setattr__(self, "types", _as_str_array(self.types, "types"))
+        object.__setattr__(self, "user_ids", _as_id_array(self.user_ids, "user_ids"))
+        object.__setattr__(self, "item_ids", _as_id_array(self.item_ids, "item_ids"))
+        object.__setattr__(self, "types", _as_id_array(self.types, "types"))
         object.__setattr__(self, "values", _as_float_array(self.values, "values"))
         object.__setattr__(self, "occurred_at", _as_float_array(self.occurred_at, "occurred_at"))
         n = len(self.user_ids)
@@ -112,9 +118,9 @@ class EventColumns:
             values if values is not None else [None] * len(user_ids)
         )
         return cls(
-            user_ids=np.asarray(user_ids),
-            item_ids=np.asarray(item_ids),
-            types=np.asarray(types),
+            user_ids=_as_id_array(user_ids, "user_ids"),
+            item_ids=_as_id_array(item_ids, "item_ids"),
+            types=_as_id_array(types, "types"),
             values=_as_float_array(list(value_column), "values"),
             occurred_at=np.asarray(occurred_at, dtype=np.float64),
         )
@@ -125,11 +131,11 @@ class EventColumns:
 
 @dataclass(frozen=True)
 class FeatureConfig:
-    """How events become interaction weights (DESIGN.md §4).
+    """How events become interaction weights (docs/design.md §4).
 
     * `event_weights`: type -> weight; its keys are the known types (others are ignored).
     * `rating_type`: its weight is `event_weights[rating_type] * value` (a missing value counts
-      as 1): a low rating is still evidence of interest, see DESIGN.md §4.
+      as 1): a low rating is still evidence of interest, see docs/design.md §4.
     * `negative_types` and, if set, ratings below `rating_negative_below` mark a (user, item) pair
       as negative: never recommended to that user and removed from the positives.
     * `half_life_days`: exponential decay of each event's weight with its age at `now`.
@@ -166,6 +172,17 @@ class FeatureConfig:
     def known_types(self) -> list[str]:
         return sorted({*self.event_weights, *self.negative_types})
 
+    @functools.cached_property
+    def _type_tables(self) -> tuple[FloatArray, npt.NDArray[np.bool_], int]:
+        """Weight and negativity per known type, each with a last entry for code -1, and the
+        rating type's code (-1: none). Cached: serving weighs a few events per request, where
+        rebuilding these cost more than the weighing itself."""
+        known = self.known_types
+        weight = np.array([self.event_weights.get(t, 0.0) for t in known] + [0.0])
+        negative = np.array([t in self.negative_types for t in known] + [False])
+        rating = known.index(self.rating_type) if self.rating_type in known else -1
+        return weight, negative, rating
+
 
 # --------------------------------------------------------------------------------------------
 # Vocabulary
@@ -182,15 +199,16 @@ class Vocabulary:
     __slots__ = ("_ids", "_index")
 
     def __init__(self, ids: Sequence[str] | npt.NDArray[Any]) -> None:
-        array = _as_str_array(ids if len(ids) else np.zeros(0, dtype="U1"), "ids")
-        if len(np.unique(array)) != len(array):
+        array = _as_id_array(ids, "ids")
+        self._index: dict[str, int] = dict(zip(array.tolist(), range(len(array)), strict=True))
+        if len(self._index) != len(array):
             raise ValueError("vocabulary ids must be unique")
-        self._ids: StrArray = array
+        self._ids: IdArray = array
         self._ids.setflags(write=False)
-        self._index: dict[str, int] = {value: i for i, value in enumerate(array.tolist())}
 
     @property
-    def ids(self) -> StrArray:
+    def ids(self) -> IdArray:
+        """The ids in index order (object array of str; `.astype(str)` before saving)."""
         return self._ids
 
     def __len__(self) -> int:
@@ -224,37 +242,65 @@ class Vocabulary:
         return [str(v) for v in self._ids[np.asarray(indices, dtype=np.int64)]]
 
 
-def factorize(values: StrArray) -> tuple[StrArray, IndexArray]:
+def factorize(values: Sequence[str] | npt.NDArray[Any]) -> tuple[IdArray, IndexArray]:
     """Sorted distinct strings and each value's index into them (like np.unique(...,
-    return_inverse=True), ~2-3x faster on millions of ids).
+    return_inverse=True)).
 
-    Strings are hashed to uint64 in vectorised passes over their code points and the integers
-    are factorised instead, because sorting 10M strings dominated feature building. A hash
-    collision is detected (every value is compared with its group's representative) and falls
-    back to the exact string sort.
+    pandas' hash table interns the Python strings in one pass, without the fixed-width copy
+    that np.unique needs, and only the distinct strings are sorted (Python's string order,
+    i.e. by code point, as numpy sorts).
     """
-    n = len(values)
-    if n == 0 or values.dtype.itemsize == 0:
-        uniques, inverse = np.unique(values, return_inverse=True)
-        return uniques, inverse.astype(np.int64)
-    width = values.dtype.itemsize // 4
-    code_points = np.ascontiguousarray(values).view(np.uint32).reshape(n, width)
-    hashes = np.full(n, 14695981039346656037, dtype=np.uint64)  # FNV-1a offset basis
-    prime = np.uint64(1099511628211)
-    for column in range(width):
-        hashes ^= code_points[:, column]
-        hashes *= prime  # uint64 arrays wrap silently, which is what a hash wants
-    distinct_hashes, inverse = np.unique(hashes, return_inverse=True)
-    representative = np.empty(len(distinct_hashes), dtype=np.int64)
-    representative[inverse] = np.arange(n)
-    groups = values[representative]
-    if not np.array_equal(groups[inverse], values):
-        uniques, exact_inverse = np.unique(values, return_inverse=True)
-        return uniques, exact_inverse.astype(np.int64)
-    order = np.argsort(groups, kind="stable")
+    codes, uniques = pd.factorize(_as_id_array(values, "values"))
+    order = np.argsort(uniques, kind="stable")
     rank = np.empty(len(order), dtype=np.int64)
     rank[order] = np.arange(len(order))
-    return groups[order], rank[inverse]
+    sorted_uniques: IdArray = uniques[order]
+    return sorted_uniques, rank[codes]
+
+
+# --------------------------------------------------------------------------------------------
+# Event weights
+# --------------------------------------------------------------------------------------------
+
+
+def event_type_codes(
+    types: Sequence[str] | npt.NDArray[Any], config: FeatureConfig
+) -> npt.NDArray[np.int16]:
+    """Each event's index into `config.known_types`; -1 for types the config ignores.
+
+    The types are interned once (pandas' hash table) and only the handful of distinct types is
+    looked up, instead of comparing millions of strings once per known type.
+    """
+    codes, uniques = pd.factorize(_as_id_array(types, "types"))
+    known = {event_type: code for code, event_type in enumerate(config.known_types)}
+    # A trailing -1 is what pandas' NA code -1 picks (there is none after _as_id_array).
+    lookup = np.array([known.get(t, -1) for t in uniques.tolist()] + [-1], dtype=np.int16)
+    result: npt.NDArray[np.int16] = lookup[codes]
+    return result
+
+
+def event_weights(
+    type_codes: npt.NDArray[np.integer[Any]], values: FloatArray, config: FeatureConfig
+) -> tuple[FloatArray, npt.NDArray[np.bool_]]:
+    """Per event, its weight and whether it is a negative signal (docs/design.md §4), before decay.
+
+    Weight: the type's weight; for ratings times the value (a missing value counts as 1, values
+    below 0 as 0). Negative: a negative type, or a rating below `config.rating_negative_below`.
+    `type_codes` index `config.known_types` (see `event_type_codes`); -1 weighs 0.
+
+    The one definition of an event's weight: training (`build_interactions`) and serving's
+    fold-in both call it, so a new event lands on the scale the model was trained on.
+    """
+    weight_of_type, negative_of_type, rating_code = config._type_tables
+    weights: FloatArray = weight_of_type[type_codes]
+    is_negative: npt.NDArray[np.bool_] = negative_of_type[type_codes]
+    is_rating = type_codes == rating_code if rating_code >= 0 else None
+    if is_rating is not None and is_rating.any():
+        value = np.where(np.isnan(values), 1.0, np.maximum(values, 0.0))
+        weights *= np.where(is_rating, value, 1.0)
+        if config.rating_negative_below is not None:
+            is_negative |= is_rating & (values < config.rating_negative_below)  # NaN: False
+    return weights, is_negative
 
 
 # --------------------------------------------------------------------------------------------
@@ -370,12 +416,8 @@ def build_interactions(
     n_total = len(events)
     reference = float(events.occurred_at.max()) if now is None and n_total else (now or 0.0)
 
-    # Map types with one vectorised comparison per known type: there are a handful of types,
-    # while np.unique over 10M type strings would cost seconds.
     known = config.known_types
-    type_codes = np.full(n_total, -1, dtype=np.int16)
-    for code, event_type in enumerate(known):
-        type_codes[events.types == event_type] = code
+    type_codes = event_type_codes(events.types, config)
     counted = type_codes >= 0
     n_ignored = int(n_total - np.count_nonzero(counted))
 
@@ -386,19 +428,7 @@ def build_interactions(
     item_ids, item_codes = factorize(events.item_ids[counted])
     n_items_all = len(item_ids)
 
-    # Per-event weight and polarity.
-    weight_of_type = np.array([config.event_weights.get(t, 0.0) for t in known], dtype=np.float64)
-    weights = weight_of_type[type_codes]
-    negative_of_type = np.array([t in config.negative_types for t in known], dtype=bool)
-    is_negative = negative_of_type[type_codes]
-    if config.rating_type in known:
-        is_rating = type_codes == known.index(config.rating_type)
-        rating = np.where(np.isnan(values[is_rating]), 1.0, np.clip(values[is_rating], 0, None))
-        weights[is_rating] *= rating
-        if config.rating_negative_below is not None:
-            low = np.zeros_like(is_rating)
-            low[is_rating] = values[is_rating] < config.rating_negative_below
-            is_negative |= low
+    weights, is_negative = event_weights(type_codes, values, config)
     if config.half_life_days is not None:
         age_days = np.clip(reference - occurred_at, 0.0, None) / SECONDS_PER_DAY
         weights *= np.exp2(-age_days / config.half_life_days)
@@ -486,6 +516,100 @@ def build_interactions(
 ConfidenceScheme = Literal["log1p", "bm25"]
 
 
+@dataclass(frozen=True, eq=False)
+class Confidence:
+    """ALS confidence c = 1 + alpha * f(w) per stored pair, fitted once on the training weights
+    and then applied unchanged to any rows: the final fit, serving's fold-in and explain rows,
+    and the offline evaluation of an active model. A fold-in row with no new events therefore
+    gets exactly the confidences the model was trained on, and new events the training scale.
+
+    * log1p: f(w) = log1p(w); no statistics.
+    * bm25: implicit's `bm25_weight` recipe on the item x user matrix, split into what it learns
+      from the whole matrix and what depends on one user's row. Per pair
+      f = w (K1 + 1) / (K1 length_norm[item] + w) * idf(user), where
+      length_norm[item] = (1 - B) + B * (item's summed weight) / (mean over items) is fitted
+      (`item_length_norm`), and idf(user) = log(n_items) - log1p(items in the user's row) is
+      computed from the row itself, so a folded-in user with new items gets the idf training
+      would give them. A negative f (idf of a user who saw most items) is clipped to 0: it must
+      not turn a positive into a negative.
+
+    The result is what implicit's ALS expects as `user_items` when the model's own alpha is 1:
+    implicit reads each stored value as the confidence c_ui (preference 1), unobserved pairs as
+    c = 1, preference 0. Keeping c >= 1 matters: a value below 1 would make implicit treat the
+    pair as less certain than "never seen".
+    """
+
+    scheme: ConfidenceScheme
+    alpha: float
+    bm25_k1: float = 100.0
+    bm25_b: float = 0.8
+    item_length_norm: FloatArray = field(default_factory=lambda: np.zeros(0))  # bm25 only
+
+    def __post_init__(self) -> None:
+        if self.scheme not in ("log1p", "bm25"):
+            raise ValueError(f"unknown confidence scheme {self.scheme!r}")
+
+    @classmethod
+    def fit(
+        cls,
+        weights: sp.csr_matrix,
+        alpha: float,
+        scheme: ConfidenceScheme = "log1p",
+        bm25_k1: float = 100.0,
+        bm25_b: float = 0.8,
+    ) -> Confidence:
+        """The transform for a users x items weight matrix (the training weights)."""
+        if scheme != "bm25":
+            return cls(scheme, alpha, bm25_k1, bm25_b)
+        matrix = sp.csr_matrix(weights)
+        n_items = matrix.shape[1]
+        item_sums = np.bincount(
+            matrix.indices, weights=matrix.data.astype(np.float64), minlength=n_items
+        )
+        mean = float(item_sums.mean()) if n_items else 0.0
+        relative = item_sums / mean if mean > 0 else np.zeros(n_items)
+        return cls(scheme, alpha, bm25_k1, bm25_b, (1.0 - bm25_b) + bm25_b * relative)
+
+    def transform(self, weights: sp.csr_matrix) -> sp.csr_matrix:
+        """Confidences of users x items weights (float32 CSR, same sparsity, canonical)."""
+        matrix = sp.csr_matrix(weights, dtype=np.float32, copy=True)
+        matrix.sum_duplicates()
+        w = matrix.data.astype(np.float64)
+        if self.scheme == "log1p":
+            transformed = np.log1p(w)
+        else:
+            n_items = len(self.item_length_norm)
+            if matrix.shape[1] != n_items:
+                raise ValueError(f"rows have {matrix.shape[1]} items, fitted on {n_items}")
+            per_user = np.diff(matrix.indptr)
+            idf = np.repeat(math.log(max(n_items, 1)) - np.log1p(per_user), per_user)
+            k1 = self.bm25_k1
+            norm = self.item_length_norm[matrix.indices]
+            transformed = np.clip(w * (k1 + 1.0) / (k1 * norm + w) * idf, 0.0, None)
+        matrix.data = (1.0 + self.alpha * transformed).astype(np.float32)
+        return matrix
+
+    def to_arrays(self) -> dict[str, npt.NDArray[Any]]:
+        """Plain arrays for an .npz file (no pickle); `from_arrays` reads them back."""
+        return {
+            "scheme": np.asarray(self.scheme),
+            "alpha": np.asarray(self.alpha, dtype=np.float64),
+            "bm25_k1": np.asarray(self.bm25_k1, dtype=np.float64),
+            "bm25_b": np.asarray(self.bm25_b, dtype=np.float64),
+            "item_length_norm": np.asarray(self.item_length_norm, dtype=np.float64),
+        }
+
+    @classmethod
+    def from_arrays(cls, arrays: Mapping[str, npt.NDArray[Any]]) -> Confidence:
+        return cls(
+            scheme=cast(ConfidenceScheme, str(arrays["scheme"])),  # checked by __post_init__
+            alpha=float(arrays["alpha"]),
+            bm25_k1=float(arrays["bm25_k1"]),
+            bm25_b=float(arrays["bm25_b"]),
+            item_length_norm=np.asarray(arrays["item_length_norm"], dtype=np.float64),
+        )
+
+
 def confidence(
     weights: sp.csr_matrix,
     alpha: float,
@@ -493,32 +617,8 @@ def confidence(
     bm25_k1: float = 100.0,
     bm25_b: float = 0.8,
 ) -> sp.csr_matrix:
-    """ALS confidence c = 1 + alpha * f(w) per stored pair (float32 CSR, same sparsity).
-
-    The result is what implicit's ALS expects as `user_items` when the model's own alpha is 1:
-    implicit reads each stored value as the confidence c_ui (preference 1), unobserved pairs as
-    c = 1, preference 0. Keeping c >= 1 matters: a value below 1 would make implicit treat the
-    pair as less certain than "never seen".
-    """
-    matrix = sp.csr_matrix(weights, dtype=np.float32, copy=True)
-    if scheme == "log1p":
-        transformed = np.log1p(matrix.data.astype(np.float64))
-    elif scheme == "bm25":
-        # implicit's own recipe weighs the item x user matrix (idf over users); its idf goes
-        # negative for items seen by most users, which must not turn a positive into a negative.
-        item_users = bm25_weight(matrix.T.tocsr(), K1=bm25_k1, B=bm25_b)
-        user_items = sp.csr_matrix(item_users.T)
-        user_items.sum_duplicates()
-        user_items.sort_indices()
-        if not np.array_equal(user_items.indices, matrix.indices) or not np.array_equal(
-            user_items.indptr, matrix.indptr
-        ):
-            raise AssertionError("bm25 changed the sparsity pattern")  # pragma: no cover
-        transformed = np.clip(user_items.data.astype(np.float64), 0.0, None)
-    else:
-        raise ValueError(f"unknown confidence scheme {scheme!r}")
-    matrix.data = (1.0 + alpha * transformed).astype(np.float32)
-    return matrix
+    """`Confidence` fitted on `weights` and applied to them: the confidence matrix to train on."""
+    return Confidence.fit(weights, alpha, scheme, bm25_k1, bm25_b).transform(weights)
 
 
 # --------------------------------------------------------------------------------------------
@@ -624,7 +724,7 @@ class TextIndex:
             np.savez(
                 fh,
                 allow_pickle=False,
-                item_ids=self.items.ids,
+                item_ids=self.items.ids.astype(str),
                 idf=idf,
                 data=self._matrix.data,
                 indices=self._matrix.indices,

@@ -1,10 +1,10 @@
-"""Which users have events newer than the serving model, so that a recommendation request for
+"""Which users have events the serving model does not hold, so that a recommendation request for
 anyone else needs no database query.
 
 PostgreSQL only. Every insert of events (ingest.insert_events) sends NOTIFY with the users it
 stored, in the same transaction, so the message goes out when the events commit. Each serving
-worker LISTENs on a connection of its own and keeps the set of users with events received after
-its model's `events_until`: loaded with one query when the listener connects or a model is
+worker LISTENs on a connection of its own and keeps the set of users with events outside its
+model's cutoff (ingest.Cutoff): loaded with one query when the listener connects or a model is
 activated, then grown by every notification. The set may hold users it no longer needs to,
 never fewer than it should; the events themselves are still read by the one indexed query
 (ingest.RecentEventsReader), only for users in the set.
@@ -23,12 +23,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable
-from datetime import datetime
 
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from recsvc import db, ingest
+from recsvc.ingest import Cutoff
 
 log = logging.getLogger("recsvc.freshness")
 
@@ -42,7 +42,7 @@ class FreshUsers:
         self._enabled = engine.dialect.name == "postgresql"
         self._listener: asyncpg.Connection | None = None
         self._users: set[str] | None = None  # None: not known, everyone may have events
-        self._since: datetime | None = None
+        self._cutoff: Cutoff | None = None  # the model cutoff the set is for
         self._loading: set[str] | None = None  # users notified while the load query runs
         self._lock = asyncio.Lock()
 
@@ -51,8 +51,10 @@ class FreshUsers:
         """Whether the set is known (False: every user may have events)."""
         return self._users is not None
 
-    def may_have_events(self, user_id: str) -> bool:
-        return self._users is None or user_id in self._users
+    def may_have_events(self, user_id: str, cutoff: Cutoff | None) -> bool:
+        """False only when the user surely has no event outside `cutoff` (the set is for
+        another cutoff while a model is being swapped in: then True)."""
+        return self._users is None or cutoff != self._cutoff or user_id in self._users
 
     def add(self, user_ids: Iterable[str]) -> None:
         """These users now have events newer than the model."""
@@ -62,33 +64,33 @@ class FreshUsers:
         if self._loading is not None:
             self._loading.update(user_ids)
 
-    async def track(self, since: datetime | None) -> None:
+    async def track(self, cutoff: Cutoff | None) -> None:
         """Make sure the listener is connected and the set holds the users with events
-        received after `since`: one query when the listener (re)connects or `since` changes,
-        nothing otherwise. Called on every poll, and right before a model with a new `since`
+        outside `cutoff`: one query when the listener (re)connects or the cutoff changes,
+        nothing otherwise. Called on every poll, and right before a model with a new cutoff
         starts serving (the set is replaced when this returns, so switch with no await in
         between). Connection errors propagate; the set is then unknown until a later call."""
         if not self._enabled:
             return
-        if since is None:  # a model without the time of its newest event: query everyone
+        if cutoff is None or cutoff.max_id is not None:  # no usable cutoff: query everyone
             self.forget()
             return
         async with self._lock:
-            await self._track(since)
+            await self._track(cutoff)
 
-    async def _track(self, since: datetime) -> None:
+    async def _track(self, cutoff: Cutoff) -> None:
         if self._listener is None or self._listener.is_closed():
             self._users = None
             self._listener = await self._listen()
-        elif self._users is not None and since == self._since:
+        elif self._users is not None and cutoff == self._cutoff:
             return
         loading: set[str] = set()
         self._loading = loading  # one load at a time: `track` holds the lock
         try:
-            users = await ingest.users_with_events_since(self._listener, since)
+            users = await ingest.users_outside(self._listener, cutoff)
         finally:
             self._loading = None
-        self._users, self._since = users | loading, since
+        self._users, self._cutoff = users | loading, cutoff
 
     async def _listen(self) -> asyncpg.Connection:
         connection = await asyncpg.connect(db.asyncpg_dsn(self._engine), timeout=5)
@@ -111,7 +113,7 @@ class FreshUsers:
 
     def forget(self) -> None:
         """Query for everyone until the next successful `track`."""
-        self._users, self._since = None, None
+        self._users, self._cutoff = None, None
 
     def _lost(self, _connection: object) -> None:
         log.warning("lost the new-events listener; querying every request until it is back")

@@ -38,11 +38,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from recsvc import db
 from recsvc.errors import NotFound
 from recsvc.schemas import EventIn, ItemIn, ItemOut, ItemWithId, UserOut
-from recsvc.tables import Event, Item, User
+from recsvc.tables import ErasedUser, Event, Item, Revision, User
 
 EVENTS = Event.__table__
 ITEMS = Item.__table__
 USERS = User.__table__
+ERASED = ErasedUser.__table__
+REVISIONS = Revision.__table__
 
 
 def utcnow() -> datetime:
@@ -57,6 +59,23 @@ def as_utc(value: datetime) -> datetime:
 def _dialect_insert(session: AsyncSession) -> Callable[..., Any]:
     name = session.bind.dialect.name
     return postgresql.insert if name == "postgresql" else sqlite.insert
+
+
+async def _bump_revision(session: AsyncSession, name: str) -> int:
+    """Count one more change of `name` in the caller's transaction (see tables.Revision) and
+    return the new count. The row stays locked until the transaction ends, so the counts of
+    one name follow the order the changes commit in."""
+    stmt = _dialect_insert(session)(REVISIONS).values(name=name, value=1)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["name"], set_={"value": REVISIONS.c.value + 1}
+    ).returning(REVISIONS.c.value)
+    return int((await session.execute(stmt)).scalar_one())
+
+
+async def revisions(session: AsyncSession) -> dict[str, int]:
+    """The change counters: `catalog` (item writes) and `erasure` (user erasures)."""
+    rows = await session.execute(select(REVISIONS.c.name, REVISIONS.c.value))
+    return {row.name: int(row.value) for row in rows}
 
 
 # --- events -------------------------------------------------------------------------------------
@@ -200,6 +219,7 @@ async def _upsert_items(session: AsyncSession, rows: list[dict[str, Any]]) -> No
     # A replacement keeps the first created_at: it records when the item entered the catalog.
     updated = {c: stmt.excluded[c] for c in rows[0] if c not in ("id", "created_at")}
     await session.execute(stmt.on_conflict_do_update(index_elements=["id"], set_=updated), rows)
+    await _bump_revision(session, "catalog")
 
 
 async def put_item(session: AsyncSession, item_id: str, item: ItemIn) -> tuple[ItemOut, bool]:
@@ -253,6 +273,7 @@ async def delete_item(session: AsyncSession, item_id: str) -> None:
     )
     if result.rowcount == 0:
         raise NotFound(f"item {item_id!r} is not in the catalog")
+    await _bump_revision(session, "catalog")
 
 
 # --- users --------------------------------------------------------------------------------------
@@ -307,16 +328,107 @@ async def get_user(session: AsyncSession, user_id: str) -> UserOut:
 
 
 async def delete_user(session: AsyncSession, user_id: str) -> int:
-    """Right to be forgotten: the profile and every event of the user; returns events erased."""
+    """Right to be forgotten: the profile and every event of the user, and an entry in the
+    erased list, which makes every serving worker forget the user's model rows (serving.py);
+    returns the number of events erased."""
     erased = await session.execute(delete(EVENTS).where(EVENTS.c.user_id == user_id))
     profile = await session.execute(delete(USERS).where(USERS.c.id == user_id))
     if erased.rowcount == 0 and profile.rowcount == 0:
         raise NotFound(f"user {user_id!r} has no profile and no events")
+    revision = await _bump_revision(session, "erasure")
+    stmt = _dialect_insert(session)(ERASED).values(
+        user_id=user_id, erased_at=utcnow(), revision=revision
+    )
+    await session.execute(
+        stmt.on_conflict_do_update(
+            index_elements=["user_id"],
+            set_={"erased_at": stmt.excluded.erased_at, "revision": stmt.excluded.revision},
+        )
+    )
     return int(erased.rowcount)
+
+
+async def erased_users(session: AsyncSession) -> dict[str, int]:
+    """The erased list: user id -> the `erasure` revision of their (latest) erasure. An entry
+    is dropped once no artifact on disk holds the user (pipeline.forget_erased)."""
+    rows = await session.execute(select(ERASED.c.user_id, ERASED.c.revision))
+    return {row.user_id: int(row.revision) for row in rows}
+
+
+async def drop_erased(session: AsyncSession, entries: dict[str, int]) -> None:
+    """Drop these entries of the erased list, unless the user was erased again since."""
+    for user_id, revision in entries.items():
+        await session.execute(
+            delete(ERASED).where(ERASED.c.user_id == user_id, ERASED.c.revision == revision)
+        )
 
 
 async def count_events(session: AsyncSession) -> int:
     return int(await session.scalar(select(func.count()).select_from(EVENTS)) or 0)
+
+
+# --- the cutoff between a model and fold-in -----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Cutoff:
+    """Which stored events a model was trained on; serving folds in exactly the others, so
+    every acknowledged event is in one of the two and never in both.
+
+    The order events are *committed* in is what matters, and neither a receive time from an
+    app's clock nor an id handed out at INSERT follows it: a transaction may commit long after
+    a later one, and replicas' clocks differ. So the cutoff is the database's own view:
+
+    * PostgreSQL: `snapshot`, the `pg_current_snapshot()` of the REPEATABLE READ transaction
+      training read the events in. Each event row carries the id of the transaction that
+      stored it (`events.txid`); the model holds exactly the rows whose transaction that
+      snapshot sees, and fold-in takes the rows whose transaction it does not see
+      (`pg_visible_in_snapshot`), committed before or after training, however late.
+    * SQLite: `max_id`, the highest event id training read. SQLite runs one writer at a time
+      and never reuses an id (AUTOINCREMENT), so every event committed later has a higher id.
+    * `received_after`: models trained before revision 0004 recorded only a receive time;
+      they fold in events received after it, as they did then.
+    """
+
+    snapshot: str | None = None
+    max_id: int | None = None
+    received_after: datetime | None = None
+
+    @property
+    def snapshot_xmin(self) -> int:
+        """Every transaction below this had finished when the snapshot was taken."""
+        if self.snapshot is None:
+            raise ValueError("not a snapshot cutoff")
+        return int(self.snapshot.split(":", 1)[0])
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.snapshot is not None:
+            return {"snapshot": self.snapshot}
+        if self.max_id is not None:
+            return {"max_id": self.max_id}
+        received = self.received_after.isoformat() if self.received_after else None
+        return {"received_after": received}
+
+    @classmethod
+    def from_model(cls, extra: dict[str, Any]) -> Cutoff | None:
+        """The cutoff a model artifact records (its `extra`), None when it records none
+        (then every event of a user is folded in)."""
+        stored = extra.get("events_cutoff")
+        if isinstance(stored, dict):
+            if stored.get("snapshot"):
+                return cls(snapshot=str(stored["snapshot"]))
+            if stored.get("max_id") is not None:
+                return cls(max_id=int(stored["max_id"]))
+        until = extra.get("events_until")  # written before revision 0004
+        return cls(received_after=datetime.fromisoformat(until)) if until else None
+
+
+async def begin_snapshot(session: AsyncSession) -> None:
+    """Make `session`'s transaction one consistent snapshot (call before any other statement;
+    PostgreSQL: REPEATABLE READ, which only reads, so it never fails to serialise). Training
+    reads events, catalog and erased list through it."""
+    if session.bind.dialect.name == "postgresql":
+        await session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
 
 
 # --- reads for training -------------------------------------------------------------------------
@@ -331,7 +443,7 @@ class EventTable:
     types: np.ndarray  # str
     values: np.ndarray  # float64, NaN where the event has no value
     occurred_at: np.ndarray  # float64 unix seconds
-    max_received_at: datetime | None  # the newest event this snapshot includes
+    cutoff: Cutoff  # exactly the events this table holds
 
     def __len__(self) -> int:
         return len(self.user_ids)
@@ -346,10 +458,15 @@ _EVENTS_FOR_COPY_PG = (
 
 
 async def read_events(session: AsyncSession, chunk_rows: int = 200_000) -> EventTable:
-    """Every event, as columns, in one pass over the table."""
-    newest = await session.scalar(select(func.max(EVENTS.c.received_at)))
-    newest = as_utc(newest) if newest is not None else None
+    """Every event, as columns, in one pass over the table, and the cutoff that says exactly
+    which events these are. On PostgreSQL call `begin_snapshot` first. The PostgreSQL path
+    holds the whole COPY output in memory before parsing it."""
     if session.bind.dialect.name == "postgresql":
+        snapshot = await session.scalar(text("SELECT pg_current_snapshot()::text"))
+        isolation = await session.scalar(text("SHOW transaction_isolation"))
+        if isolation not in ("repeatable read", "serializable"):
+            raise RuntimeError("read_events needs a snapshot transaction: call begin_snapshot")
+        cutoff = Cutoff(snapshot=str(snapshot))
         import pandas as pd  # only training needs it
 
         raw = await (await session.connection()).get_raw_connection()
@@ -376,15 +493,22 @@ async def read_events(session: AsyncSession, chunk_rows: int = 200_000) -> Event
             frame["type"].to_numpy(dtype=object),
             frame["value"].to_numpy(dtype=np.float64),
             frame["occurred_at"].to_numpy(dtype=np.float64),
-            newest,
+            cutoff,
         )
-    query = select(
-        EVENTS.c.user_id,
-        EVENTS.c.item_id,
-        EVENTS.c.type,
-        EVENTS.c.value,
-        cast(extract("epoch", EVENTS.c.occurred_at), Float),
-    ).execution_options(yield_per=chunk_rows)
+    # SQLite: statements outside an explicit transaction are not one snapshot, so the rows are
+    # bounded by the highest id explicitly.
+    max_id = int(await session.scalar(select(func.coalesce(func.max(EVENTS.c.id), 0))) or 0)
+    query = (
+        select(
+            EVENTS.c.user_id,
+            EVENTS.c.item_id,
+            EVENTS.c.type,
+            EVENTS.c.value,
+            cast(extract("epoch", EVENTS.c.occurred_at), Float),
+        )
+        .where(EVENTS.c.id <= max_id)
+        .execution_options(yield_per=chunk_rows)
+    )
     columns: tuple[list[Any], ...] = ([], [], [], [], [])
     result = await session.stream(query)
     async for chunk in result.partitions():
@@ -397,7 +521,7 @@ async def read_events(session: AsyncSession, chunk_rows: int = 200_000) -> Event
         np.asarray(types, dtype=object),
         np.asarray([np.nan if v is None else v for v in values], dtype=np.float64),
         np.asarray(occurred, dtype=np.float64),
-        newest,
+        Cutoff(max_id=max_id),
     )
 
 
@@ -446,19 +570,40 @@ RecentEventRow = tuple[str, str, float | None, float]  # item_id, type, value, u
 
 MAX_RECENT_EVENTS = 500
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_USERS_WITH_EVENTS_SINCE_PG = "SELECT DISTINCT user_id FROM events WHERE received_at > $1"
+# The events a snapshot cutoff's model does not hold: stored by a transaction the snapshot does
+# not see. Transactions below the snapshot's xmin had all finished (and are seen), so the txid
+# index bounds the scan to the few rows stored since.
+_OUTSIDE_PG = {
+    "snapshot": "SELECT DISTINCT user_id FROM events "
+    "WHERE txid >= $1 AND NOT pg_visible_in_snapshot(txid::text::xid8, $2::text::pg_snapshot)",
+    "received_after": "SELECT DISTINCT user_id FROM events WHERE received_at > $1",
+}
 
 
-async def users_with_events_since(connection: asyncpg.Connection, since: datetime) -> set[str]:
-    """Every user with an event received after `since` (PostgreSQL, on an asyncpg connection;
-    served by the received_at index)."""
-    return {row[0] for row in await connection.fetch(_USERS_WITH_EVENTS_SINCE_PG, since)}
+async def users_outside(connection: asyncpg.Connection, cutoff: Cutoff) -> set[str]:
+    """Every user with an event the model of `cutoff` does not hold (PostgreSQL, on an asyncpg
+    connection; served by the txid or received_at index)."""
+    if cutoff.snapshot is not None:
+        rows = await connection.fetch(
+            _OUTSIDE_PG["snapshot"], cutoff.snapshot_xmin, cutoff.snapshot
+        )
+    else:
+        rows = await connection.fetch(
+            _OUTSIDE_PG["received_after"], cutoff.received_after or _EPOCH
+        )
+    return {row[0] for row in rows}
 
 
-_RECENT_EVENTS_PG = (
+_RECENT_COLUMNS = (
     "SELECT item_id, type, value, extract(epoch FROM occurred_at)::float8 FROM events "
-    "WHERE user_id = $1 AND received_at > $2 ORDER BY received_at DESC LIMIT $3"
 )
+_RECENT_EVENTS_PG = {
+    "snapshot": _RECENT_COLUMNS + "WHERE user_id = $1 AND txid >= $2 "
+    "AND NOT pg_visible_in_snapshot(txid::text::xid8, $3::text::pg_snapshot) "
+    "ORDER BY id DESC LIMIT $4",
+    "received_after": _RECENT_COLUMNS
+    + "WHERE user_id = $1 AND received_at > $2 ORDER BY id DESC LIMIT $3",
+}
 
 
 async def _nothing_to_reset(connection: asyncpg.Connection) -> None:
@@ -467,8 +612,9 @@ async def _nothing_to_reset(connection: asyncpg.Connection) -> None:
 
 
 class RecentEventsReader:
-    """The serving hot path's one query: a user's newest events received after `since`
-    (oldest first), served by the (user_id, received_at) index.
+    """The serving hot path's one query: a user's newest events that the model of `cutoff`
+    does not hold (oldest first; all of them without a cutoff), served by the (user_id, txid)
+    index.
 
     On PostgreSQL it runs as a prepared statement on a small asyncpg pool of its own: measured
     with 16 connections, 1,100 recommendations/s against 720 through SQLAlchemy's pool, whose
@@ -494,11 +640,29 @@ class RecentEventsReader:
                 )
             return self._pool
 
-    async def __call__(self, user_id: str, since: datetime | None) -> tuple[RecentEventRow, ...]:
+    async def __call__(self, user_id: str, cutoff: Cutoff | None) -> tuple[RecentEventRow, ...]:
+        rows: Sequence[Any]
         if self.engine.dialect.name == "postgresql":
             pool = await self._asyncpg_pool()
-            rows = await pool.fetch(_RECENT_EVENTS_PG, user_id, since or _EPOCH, MAX_RECENT_EVENTS)
+            if cutoff is not None and cutoff.snapshot is not None:
+                rows = await pool.fetch(
+                    _RECENT_EVENTS_PG["snapshot"],
+                    user_id,
+                    cutoff.snapshot_xmin,
+                    cutoff.snapshot,
+                    MAX_RECENT_EVENTS,
+                )
+            else:
+                since = cutoff.received_after if cutoff is not None else None
+                rows = await pool.fetch(
+                    _RECENT_EVENTS_PG["received_after"], user_id, since or _EPOCH, MAX_RECENT_EVENTS
+                )
         else:
+            newer = EVENTS.c.id > 0  # no cutoff: every event
+            if cutoff is not None and cutoff.max_id is not None:
+                newer = EVENTS.c.id > cutoff.max_id
+            elif cutoff is not None and cutoff.received_after is not None:
+                newer = EVENTS.c.received_at > cutoff.received_after
             query = (
                 select(
                     EVENTS.c.item_id,
@@ -506,8 +670,8 @@ class RecentEventsReader:
                     EVENTS.c.value,
                     cast(extract("epoch", EVENTS.c.occurred_at), Float),
                 )
-                .where(EVENTS.c.user_id == user_id, EVENTS.c.received_at > (since or _EPOCH))
-                .order_by(EVENTS.c.received_at.desc())
+                .where(EVENTS.c.user_id == user_id, newer)
+                .order_by(EVENTS.c.id.desc())
                 .limit(MAX_RECENT_EVENTS)
             )
             async with self.engine.connect() as conn:

@@ -1,9 +1,10 @@
 """The training pipeline, one path behind `recsvc train`, POST /v1/models/train and the schedule:
 
-    events + catalog (one streaming query each) -> features.build_interactions
+    events + catalog + erased list (one database snapshot; ingest.Cutoff records which events)
+    -> features.build_interactions
     -> training.train_model (holdout: candidate vs popularity vs active model, then refit on all)
     -> artifact.save (models/<version>/, atomic) -> registry (record; activate if not worse)
-    -> prune old versions
+    -> older versions rewritten without erased learners, then pruned
 
 The CPU-heavy middle runs in a worker thread; the job's heartbeat keeps ticking meanwhile, so a
 job whose process dies is noticed (RECSVC_JOB_STALE_SECONDS) instead of blocking training forever.
@@ -17,7 +18,6 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -50,12 +50,6 @@ from recsvc.training import (
 )
 
 log = logging.getLogger("recsvc.pipeline")
-
-# An ingest transaction still committing when the events are read may carry a receive time
-# just before the newest one read. Events received this close to the read are therefore folded
-# in again at serving time (counted twice, which only weighs them a little more) rather than
-# risk being in neither the model nor the fold-in. Ingest transactions take milliseconds.
-INGEST_SETTLE = timedelta(seconds=1)
 
 
 def feature_config(settings: Settings) -> FeatureConfig:
@@ -149,6 +143,7 @@ async def run_tuning(
     the real test split does (Spearman 0.98); see bench/ml100k_research.py.
     """
     async with sessionmaker() as session:
+        await ingest.begin_snapshot(session)
         table = await ingest.read_events(session)
     if not len(table):
         raise ValueError("there are no events to tune on yet")
@@ -196,11 +191,11 @@ class _Fitted:
     seconds: dict[str, float]
 
 
-def _load_active(path: str | None) -> ActiveModel | None:
+def _load_active(path: str | None, models_dir: Path) -> ActiveModel | None:
     if path is None:
         return None
     try:
-        loaded = artifact.load(Path(path))
+        loaded = artifact.load(registry.artifact_dir(models_dir, path))
     except artifact.ArtifactError as exc:
         log.warning("the active model cannot be loaded (%s); comparing without it", exc)
         return None
@@ -211,6 +206,7 @@ def _load_active(path: str | None) -> ActiveModel | None:
         user_items=loaded.user_items,
         params=loaded.params,
         metrics=dict(loaded.metrics),
+        confidence=loaded.fold_in_basis()[1],  # evaluated with the confidence serving uses
     )
 
 
@@ -219,7 +215,7 @@ def _fit_and_save(
     table: ingest.EventTable,
     catalog: list[ingest.CatalogItem],
     active_path: str | None,
-    fold_in_after: datetime | None,
+    snapshot: dict[str, Any],
 ) -> _Fitted:
     """The CPU-bound part: no database, no event loop."""
     clock = time.perf_counter
@@ -234,7 +230,7 @@ def _fit_and_save(
         als_params(settings),
         holdout_fraction=settings.holdout_fraction,
         seed=settings.random_seed,
-        active=_load_active(active_path),
+        active=_load_active(active_path, settings.models_dir),
         max_eval_users=settings.eval_max_users,
     )
     seconds.update(trained.seconds)
@@ -257,8 +253,7 @@ def _fit_and_save(
             "min_item_interactions": settings.min_item_interactions,
             "holdout_fraction": settings.holdout_fraction,
         },
-        # Serving folds in the events received after this moment (DESIGN.md section 2).
-        "events_until": fold_in_after.isoformat() if fold_in_after else None,
+        **snapshot,
         "n_test_users": trained.n_test_users,
     }
     model = artifact.ModelArtifact.from_training(
@@ -290,10 +285,14 @@ async def run_training(
 ) -> TrainingOutcome:
     clock = time.perf_counter
     start = clock()
-    read_at = ingest.utcnow()
     async with sessionmaker() as session:
+        # One snapshot: the model holds exactly the events of `table.cutoff`, and the erased
+        # list read with them names every learner erased before it.
+        await ingest.begin_snapshot(session)
         table = await ingest.read_events(session)
         catalog = await ingest.read_catalog(session)
+        erased = await ingest.erased_users(session)
+        erasure_revision = (await ingest.revisions(session)).get("erasure", 0)
         active = await registry.active_version(session)
     query_seconds = clock() - start
     if not len(table):
@@ -305,16 +304,18 @@ async def run_training(
         interval = min(5.0, settings.job_stale_seconds / 4)
         beat = asyncio.create_task(_heartbeat(sessionmaker, job_id, interval))
     try:
-        fold_in_after = (
-            min(table.max_received_at, read_at - INGEST_SETTLE) if table.max_received_at else None
-        )
         fitted = await asyncio.to_thread(
             _fit_and_save,
             settings,
             table,
             catalog,
             active.artifact_path if active else None,
-            fold_in_after,
+            {
+                # Serving folds in exactly the events outside this cutoff, and forgets the
+                # learners erased after this revision (docs/design.md sections 2 and 3).
+                "events_cutoff": table.cutoff.to_dict(),
+                "erasure_revision": erasure_revision,
+            },
         )
     finally:
         if beat is not None:
@@ -335,13 +336,14 @@ async def run_training(
             n_users=model.n_users,
             n_items=model.n_items,
             n_events=model.n_events,
-            artifact_path=str(fitted.path),
+            artifact_path=fitted.path.name,  # relative to models_dir: registry.artifact_dir
         )
         if activate:
             await registry.activate(session, model.version)
         if job_id:
             await registry.job_heartbeat(session, job_id, version=model.version)
     await prune(settings, sessionmaker)
+    await forget_erased(settings, sessionmaker, erased, keep=model.version)
     seconds = {"query": query_seconds, **fitted.seconds, "record": clock() - start}
     return TrainingOutcome(
         version=model.version,
@@ -369,6 +371,36 @@ async def prune(settings: Settings, sessionmaker: async_sessionmaker[AsyncSessio
         )
         removed = artifact.prune(settings.models_dir, keep)
         await registry.forget_versions(session, removed)
+
+
+async def forget_erased(
+    settings: Settings,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    erased: dict[str, int],
+    keep: str,
+) -> None:
+    """Rewrite every version folder except `keep` (trained after these erasures, so without
+    them) without the rows of the `erased` learners, then drop their entries from the erased
+    list: once no artifact holds them, a model loaded later cannot bring them back. When a
+    folder cannot be rewritten the entries stay listed (serving keeps forgetting the learners)
+    and the next training tries again."""
+    if not erased:
+        return
+    rewritten = True
+    for version in artifact.list_versions(settings.models_dir):
+        if version == keep:
+            continue
+        try:
+            await asyncio.to_thread(
+                artifact.rewrite_without_users, settings.models_dir / version, list(erased)
+            )
+        except artifact.ArtifactError as exc:
+            log.warning("cannot rewrite %s without erased learners: %s", version, exc)
+            rewritten = False
+    if rewritten:
+        async with sessionmaker() as session, session.begin():
+            await ingest.drop_erased(session, erased)
+        log.info("model artifacts rewritten without %d erased learner(s)", len(erased))
 
 
 async def run_job(
@@ -403,6 +435,7 @@ async def run_evaluation(
     new events (user factors recomputed from the training part), so its numbers include pairs
     it may have been trained on: compare it with the baseline, not with a training run."""
     async with sessionmaker() as session:
+        await ingest.begin_snapshot(session)
         table = await ingest.read_events(session)
         active = await registry.active_version(session)
     if active is None:
@@ -411,7 +444,7 @@ async def run_evaluation(
         raise ValueError("there are no events to evaluate on")
 
     def score() -> dict[str, dict[str, float]]:
-        model = _load_active(active.artifact_path)
+        model = _load_active(active.artifact_path, settings.models_dir)
         if model is None:
             raise ValueError(f"the artifact of {active.version} cannot be loaded")
         interactions = build_features(settings, table)

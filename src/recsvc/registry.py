@@ -5,13 +5,17 @@ reads it (never local files alone), so an activation reaches all of them.
 
 Version status: `active` (serving), `inactive` (was active, or passed evaluation and was then
 superseded), `rejected` (worse than the model that was active when it was trained; activate it
-explicitly to override).
+explicitly to override). A unique partial index (migration 0003) lets at most one row be active.
+
+`artifact_path` holds the version's folder relative to the models directory; every process
+resolves it under its own RECSVC_MODELS_DIR (`artifact_dir`).
 """
 
 from __future__ import annotations
 
 import secrets
 from datetime import UTC, datetime, timedelta
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from sqlalchemy import select, update
@@ -29,7 +33,21 @@ JOBS = TrainingJob.__table__
 BUSY = "busy"
 
 
-def _version_out(row: Any) -> ModelVersionOut:
+def artifact_dir(models_dir: Path, stored: str | ModelVersionOut) -> Path:
+    """Where a version's folder is on this machine: its name under `models_dir`. `stored` is
+    a row's artifact_path, or the row.
+
+    New rows store just that name (the folder is `models_dir/<version>`, artifact.save). Rows
+    written by older releases hold the path the trainer saw (`./models/<version>`,
+    `/data/models/<version>`): only its last component counts, so a trainer or replica that runs
+    elsewhere or mounts the volume at another path still finds the folder.
+    """
+    artifact_path = stored.artifact_path if isinstance(stored, ModelVersionOut) else stored
+    name = PurePosixPath(artifact_path.replace("\\", "/")).name
+    return Path(models_dir).absolute() / name
+
+
+def _version_out(row: Any, models_dir: Path | None = None) -> ModelVersionOut:
     return ModelVersionOut(
         version=row.version,
         status=row.status,
@@ -41,7 +59,11 @@ def _version_out(row: Any) -> ModelVersionOut:
         n_events=row.n_events,
         metrics=row.metrics,
         baseline_metrics=row.baseline_metrics,
-        artifact_path=row.artifact_path,
+        artifact_path=(
+            str(artifact_dir(models_dir, row.artifact_path))
+            if models_dir is not None
+            else row.artifact_path
+        ),
     )
 
 
@@ -77,26 +99,61 @@ async def record_version(
     )
 
 
-async def list_versions(session: AsyncSession) -> list[ModelVersionOut]:
+# `models_dir`: report `artifact_path` as resolved under it (API responses); without it the
+# stored value is returned, for callers that resolve it themselves with `artifact_dir`.
+
+
+async def list_versions(
+    session: AsyncSession, models_dir: Path | None = None
+) -> list[ModelVersionOut]:
     rows = await session.execute(select(VERSIONS).order_by(VERSIONS.c.created_at.desc()))
-    return [_version_out(row) for row in rows]
+    return [_version_out(row, models_dir) for row in rows]
 
 
-async def get_version(session: AsyncSession, version: str) -> ModelVersionOut:
+async def get_version(
+    session: AsyncSession, version: str, models_dir: Path | None = None
+) -> ModelVersionOut:
     row = (await session.execute(select(VERSIONS).where(VERSIONS.c.version == version))).first()
     if row is None:
         raise NotFound(f"no model version {version!r}")
-    return _version_out(row)
+    return _version_out(row, models_dir)
 
 
-async def active_version(session: AsyncSession) -> ModelVersionOut | None:
-    row = (await session.execute(select(VERSIONS).where(VERSIONS.c.status == "active"))).first()
-    return _version_out(row) if row is not None else None
+async def active_version(
+    session: AsyncSession, models_dir: Path | None = None
+) -> ModelVersionOut | None:
+    # The unique index allows one active row; the order only matters for a database that has
+    # not been migrated to 0003 yet (the newest activation wins, as in the migration).
+    row = (
+        await session.execute(
+            select(VERSIONS)
+            .where(VERSIONS.c.status == "active")
+            .order_by(VERSIONS.c.activated_at.is_(None), VERSIONS.c.activated_at.desc())
+            .limit(1)
+        )
+    ).first()
+    return _version_out(row, models_dir) if row is not None else None
 
 
-async def activate(session: AsyncSession, version: str) -> ModelVersionOut:
-    """Make `version` the one active version (roll back or forward), in one transaction."""
-    await get_version(session, version)
+async def activate(
+    session: AsyncSession, version: str, models_dir: Path | None = None
+) -> ModelVersionOut:
+    """Make `version` the one active version (roll back or forward), in the caller's transaction.
+
+    Concurrent activations queue instead of deadlocking: the first statement locks every
+    model_versions row in primary-key order (SELECT ... FOR UPDATE on PostgreSQL), so two
+    activations never hold one row each while waiting for the other's. The locks last until
+    the caller commits; under READ COMMITTED the UPDATEs that follow see the rows as the
+    previous activation left them. The old row is deactivated before the new one is activated:
+    PostgreSQL checks the unique index row by row, so one UPDATE flipping both rows could fail
+    depending on the order it visits them. On SQLite FOR UPDATE is not rendered: writers are
+    serialised by the database lock, which the first UPDATE takes (waiting up to busy_timeout).
+    """
+    locked = await session.scalars(
+        select(VERSIONS.c.version).order_by(VERSIONS.c.version).with_for_update()
+    )
+    if version not in set(locked):
+        raise NotFound(f"no model version {version!r}")
     now = utcnow()
     await session.execute(
         update(VERSIONS)
@@ -108,7 +165,7 @@ async def activate(session: AsyncSession, version: str) -> ModelVersionOut:
         .where(VERSIONS.c.version == version)
         .values(status="active", activated_at=now)
     )
-    return await get_version(session, version)
+    return await get_version(session, version, models_dir)
 
 
 async def all_version_names(session: AsyncSession) -> list[str]:

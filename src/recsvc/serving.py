@@ -2,17 +2,26 @@
 batcher that scores concurrent requests together.
 
 * Hot swap: every worker polls `model_versions` (RECSVC_MODEL_POLL_SECONDS, default 2 s) and,
-  when another version is active, loads it in a thread and swaps one reference: a request uses
-  the scorer it started with, none fails. An artifact that is missing or corrupt is refused
-  (logged, counted in recsvc_model_load_failures_total) and the previous model keeps serving.
-* Catalog: titles, categories and unrecommendable (unavailable or deleted) items are re-read
-  when the items table changed, checked on the same poll; a write through this worker refreshes
-  it at once, other workers within one poll.
+  when another version is active, loads it in a thread and swaps one reference, `live` (the
+  scorer, its events cutoff and its version together). A request reads `live` once and uses
+  that for its fold-in query, its scoring and the version it reports, so a request caught in a
+  swap is answered wholly by one model; none fails. An artifact that is missing or corrupt is
+  refused (logged, counted in recsvc_model_load_failures_total) and the previous model keeps
+  serving.
+* Catalog and erasure: the `revisions` counters (bumped in the transaction of every catalog
+  write and every erasure; no clocks involved) are read on the same poll. A changed catalog is
+  re-read (titles, categories, unrecommendable items); a changed erased list makes the scorer
+  forget those learners' model rows (scorer.Scorer.forget), also in every model loaded later,
+  so a rollback does not bring them back. A write through this worker applies at once, other
+  workers within one poll.
 * Batching: requests that arrive while a batch is being scored wait and are scored together in
   one matrix product (scorer.Scorer.recommend), in a worker thread so the event loop keeps
-  accepting requests meanwhile; a second thread helps with small batches.
-* Freshness: a user's events newer than the model come from one indexed query, run only for
-  users that may have any (freshness.FreshUsers, kept by LISTEN/NOTIFY on PostgreSQL).
+  accepting requests meanwhile; a second thread helps with small batches. A batch holds
+  requests of one model only, and when it fails its requests are scored one by one, so one bad
+  request fails alone.
+* Freshness: a user's events that the model does not hold (ingest.Cutoff) come from one
+  indexed query, run only for users that may have any (freshness.FreshUsers, kept by
+  LISTEN/NOTIFY on PostgreSQL).
 * The GIL: the event loop and the scorer thread take turns holding it. With Python's default
   switch interval (5 ms) a thread that wants it may wait that long for the other to let go;
   the app sets SWITCH_INTERVAL_SECONDS for the serving process instead (bench/serve.py with
@@ -25,18 +34,21 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import math
 import time
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
-from datetime import datetime, timedelta
+from dataclasses import dataclass, replace
+from datetime import timedelta
 from pathlib import Path
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from recsvc import artifact, ingest, metrics, registry
+from recsvc import artifact, db, ingest, metrics, registry
 from recsvc.config import Settings
 from recsvc.errors import is_database_unavailable
 from recsvc.freshness import FreshUsers
+from recsvc.ingest import Cutoff
 from recsvc.pipeline import feature_config
 from recsvc.scorer import (
     CatalogView,
@@ -53,6 +65,39 @@ MAX_BATCH = 64
 SWITCH_INTERVAL_SECONDS = 0.0001
 POPULAR_CACHE_SECONDS = 30.0
 POPULAR_CANDIDATES = 1000
+# Windows (whole days) whose popular lists a worker keeps; the least recently used goes first.
+POPULAR_CACHE_WINDOWS = 16
+
+
+@dataclass(frozen=True)
+class Live:
+    """The model a worker serves: taken once per request, replaced whole by a swap."""
+
+    scorer: Scorer
+    cutoff: Cutoff | None  # which events the model holds; the others are folded in
+    # The `erasure` revision its training snapshot saw (None: unknown, an older model): the
+    # learners erased later may have rows in it.
+    erasure_revision: int | None = None
+
+    def forget_erased(self, erased: dict[str, int]) -> None:
+        """Make the scorer forget every listed learner its model may hold."""
+        seen = self.erasure_revision
+        self.scorer.forget(u for u, revision in erased.items() if seen is None or revision > seen)
+
+    @property
+    def version(self) -> str | None:
+        return self.scorer.version
+
+
+class _Pending:
+    """One request waiting for its batch."""
+
+    __slots__ = ("request", "scorer", "future")
+
+    def __init__(
+        self, request: RecommendRequest, scorer: Scorer, future: asyncio.Future[RecommendResult]
+    ) -> None:
+        self.request, self.scorer, self.future = request, scorer, future
 
 
 class Serving:
@@ -63,36 +108,44 @@ class Serving:
         sessionmaker: async_sessionmaker[AsyncSession],
     ) -> None:
         self.settings = settings
-        self._recent_events = ingest.RecentEventsReader(engine)
+        self._recent_events = ingest.RecentEventsReader(
+            engine, db.connection_budget(settings).read_pool
+        )
         self.fresh_users = FreshUsers(engine)
         self.sessionmaker = sessionmaker
         self._features = feature_config(settings)
         self._consumed = frozenset(settings.consumed_event_types)
-        self.scorer = Scorer.empty(self._features, self._consumed)
-        self.events_until: datetime | None = None
+        self.live = Live(Scorer.empty(self._features, self._consumed), None)
         self.catalog = CatalogView()
-        self._catalog_stamp: tuple[object, ...] | None = None
+        self._revisions: dict[str, int] | None = None
+        # The erased list (user -> revision of the erasure), applied to every model loaded.
+        self.erased: dict[str, int] = {}
         self.load_error: str | None = None
         self._failed_version: str | None = None
-        self._pending: list[tuple[RecommendRequest, asyncio.Future[RecommendResult]]] = []
+        self._pending: list[_Pending] = []
         self._draining = False
-        self._popular_cache: dict[float, tuple[float, list[tuple[str, int]]]] = {}
+        self._popular_cache: OrderedDict[int, tuple[float, list[tuple[str, int]]]] = OrderedDict()
+        self._popular_lock = asyncio.Lock()
         # One thread: batches are scored one after another. A second one helps with the matrix
         # product of small batches (the `helper` of scorer.Scorer.recommend).
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scorer")
         self._helper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scorer-helper")
 
     @property
+    def scorer(self) -> Scorer:
+        return self.live.scorer
+
+    @property
     def version(self) -> str | None:
-        return self.scorer.version
+        return self.live.version
 
     # --- model and catalog ----------------------------------------------------------------------
 
     async def refresh(self) -> None:
-        """One poll: pick up a newly activated model and catalog changes."""
+        """One poll: pick up a newly activated model, erasures and catalog changes."""
+        await self.refresh_changes()
         await self.refresh_model()
-        await self.refresh_catalog()
-        await self.fresh_users.track(self.events_until)
+        await self.fresh_users.track(self.live.cutoff)
 
     async def refresh_model(self) -> None:
         async with self.sessionmaker() as session:
@@ -101,8 +154,8 @@ class Serving:
             return
         started = time.perf_counter()
         try:
-            scorer, events_until = await asyncio.get_running_loop().run_in_executor(
-                None, self._load, Path(active.artifact_path)
+            live = await asyncio.get_running_loop().run_in_executor(
+                None, self._load, registry.artifact_dir(self.settings.models_dir, active)
             )
         except artifact.ArtifactError as exc:
             # Keep serving what we have; try again only when another version is activated.
@@ -111,13 +164,16 @@ class Serving:
             metrics.MODEL_LOAD_FAILURES.inc()
             log.error("refusing model %s: %s; still serving %s", active.version, exc, self.version)
             return
-        await asyncio.get_running_loop().run_in_executor(None, scorer.prepare_catalog, self.catalog)
+        await asyncio.get_running_loop().run_in_executor(
+            None, live.scorer.prepare_catalog, self.catalog
+        )
         try:
-            await self.fresh_users.track(events_until)
+            await self.fresh_users.track(live.cutoff)
         except Exception as exc:  # not needed to serve: every request queries meanwhile
             log.warning("new-events listener: %s", exc)
             self.fresh_users.forget()
-        self.scorer, self.events_until = scorer, events_until  # the swap, right after track
+        live.forget_erased(self.erased)  # erasures that reached this worker during the load
+        self.live = live  # the swap, right after track
         self._failed_version, self.load_error = None, None
         # The model's millions of long-lived objects (id maps) would otherwise be walked by
         # every full garbage collection: measured, p99 latency fell from 131 ms to 31 ms.
@@ -130,26 +186,50 @@ class Serving:
             "serving model %s (loaded in %.2f s)", active.version, time.perf_counter() - started
         )
 
-    def _load(self, path: Path) -> tuple[Scorer, datetime | None]:
+    def _load(self, path: Path) -> Live:
         model = artifact.load(path)
-        until = model.extra.get("events_until")
-        events_until = datetime.fromisoformat(until) if until else None
-        return Scorer(model, self._features, self._consumed), events_until
-
-    async def refresh_catalog(self) -> None:
-        async with self.sessionmaker() as session:
-            stamp = await ingest.catalog_stamp(session)
-            if stamp == self._catalog_stamp:
-                return
-            items = await ingest.read_catalog(session)
-        view = CatalogView(
-            titles={item.item_id: item.title for item in items},
-            categories={item.item_id: frozenset(item.categories) for item in items},
-            unrecommendable=frozenset(i.item_id for i in items if not i.recommendable),
+        extra = dict(model.extra)
+        revision = extra.get("erasure_revision")
+        live = Live(
+            Scorer(model, self._features, self._consumed),
+            Cutoff.from_model(extra),
+            int(revision) if revision is not None else None,
         )
-        scorer = self.scorer
-        await asyncio.get_running_loop().run_in_executor(None, scorer.prepare_catalog, view)
-        self.catalog, self._catalog_stamp = view, stamp
+        live.forget_erased(self.erased)
+        return live
+
+    async def refresh_changes(self) -> None:
+        """Re-read the catalog and the erased list if their revision changed (one small query
+        when nothing did)."""
+        async with self.sessionmaker() as session:
+            revisions = await ingest.revisions(session)
+            seen = self._revisions or {}
+            if revisions == seen:
+                return
+            erased = None
+            if revisions.get("erasure") != seen.get("erasure"):
+                erased = await ingest.erased_users(session)
+            items = None
+            if revisions.get("catalog") != seen.get("catalog"):
+                items = await ingest.read_catalog(session)
+        if erased is not None:
+            # Only ever grows in a worker: an entry dropped from the table (its artifacts were
+            # rewritten) must still hide the row from a model loaded before the rewrite.
+            self.erased = {
+                user: max(revision, self.erased.get(user, revision))
+                for user, revision in {**self.erased, **erased}.items()
+            }
+            self.live.forget_erased(self.erased)
+        if items is not None:
+            view = CatalogView(
+                titles={item.item_id: item.title for item in items},
+                categories={item.item_id: frozenset(item.categories) for item in items},
+                unrecommendable=frozenset(i.item_id for i in items if not i.recommendable),
+            )
+            scorer = self.scorer
+            await asyncio.get_running_loop().run_in_executor(None, scorer.prepare_catalog, view)
+            self.catalog = view
+        self._revisions = revisions
 
     async def poll_forever(self) -> None:
         while True:
@@ -161,14 +241,14 @@ class Serving:
 
     # --- requests -------------------------------------------------------------------------------
 
-    async def recent_events(self, user_id: str) -> tuple[RecentEvent, ...]:
-        """The user's events newer than the model: one indexed query, for users who may have
-        any (freshness.FreshUsers). Without the database the model's view still answers
-        (counted in recsvc_freshness_skipped_total)."""
-        if not self.fresh_users.may_have_events(user_id):
+    async def recent_events(self, user_id: str, live: Live) -> tuple[RecentEvent, ...]:
+        """The user's events that `live`'s model does not hold: one indexed query, for users
+        who may have any (freshness.FreshUsers). Without the database the model's view still
+        answers (counted in recsvc_freshness_skipped_total)."""
+        if not self.fresh_users.may_have_events(user_id, live.cutoff):
             return ()
         try:
-            rows = await self._recent_events(user_id, self.events_until)
+            rows = await self._recent_events(user_id, live.cutoff)
         except Exception as exc:
             if not is_database_unavailable(exc):
                 raise
@@ -176,58 +256,101 @@ class Serving:
             return ()
         return tuple(RecentEvent(*row) for row in rows)
 
-    async def recommend_fresh(self, request: RecommendRequest) -> RecommendResult:
-        """`request` answered with the newest events of `request.user_id` folded in."""
+    async def recommend_fresh(
+        self, request: RecommendRequest, live: Live | None = None
+    ) -> RecommendResult:
+        """`request` answered by `live` (default: the current model) with the events of
+        `request.user_id` that its model does not hold folded in."""
+        live = live or self.live
         if request.user_id is not None:
-            request = replace(request, recent=await self.recent_events(request.user_id))
-        return await self.recommend(request)
+            request = replace(request, recent=await self.recent_events(request.user_id, live))
+        return await self.recommend(request, live.scorer)
 
-    async def recommend(self, request: RecommendRequest) -> RecommendResult:
+    async def recommend(
+        self, request: RecommendRequest, scorer: Scorer | None = None
+    ) -> RecommendResult:
         future: asyncio.Future[RecommendResult] = asyncio.get_running_loop().create_future()
-        self._pending.append((request, future))
+        self._pending.append(_Pending(request, scorer or self.scorer, future))
         if not self._draining:
             self._draining = True
             asyncio.get_running_loop().create_task(self._drain())
         return await future
 
+    def _next_batch(self) -> list[_Pending]:
+        """Up to MAX_BATCH waiting requests of the first one's model, in arrival order."""
+        scorer = self._pending[0].scorer
+        batch: list[_Pending] = []
+        rest: list[_Pending] = []
+        for pending in self._pending:
+            same = pending.scorer is scorer and len(batch) < MAX_BATCH
+            (batch if same else rest).append(pending)
+        self._pending = rest
+        return batch
+
     async def _drain(self) -> None:
-        loop = asyncio.get_running_loop()
         try:
             while self._pending:
-                batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
-                scorer, catalog = self.scorer, self.catalog
-                requests = [request for request, _ in batch]
-                metrics.BATCH_SIZE.observe(len(batch))
-                try:
-                    results = await loop.run_in_executor(
-                        self._executor, scorer.recommend, requests, catalog, self._helper
-                    )
-                except Exception as exc:
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(exc)
-                    continue
-                for (_, future), result in zip(batch, results, strict=True):
-                    if not future.done():
-                        future.set_result(result)
+                await self._score(self._next_batch())
         finally:
             self._draining = False
+
+    async def _score(self, batch: list[_Pending]) -> None:
+        scorer, catalog = batch[0].scorer, self.catalog
+        metrics.BATCH_SIZE.observe(len(batch))
+        try:
+            results = await asyncio.get_running_loop().run_in_executor(
+                self._executor, scorer.recommend, [p.request for p in batch], catalog, self._helper
+            )
+        except Exception as exc:
+            if len(batch) > 1:
+                await self._score_one_by_one(batch, catalog)
+            elif not batch[0].future.done():
+                batch[0].future.set_exception(exc)
+            return
+        for pending, result in zip(batch, results, strict=True):
+            if not pending.future.done():
+                pending.future.set_result(result)
+
+    async def _score_one_by_one(self, batch: list[_Pending], catalog: CatalogView) -> None:
+        """After a failed batch: each request alone, so only a request that fails by itself
+        gets the error."""
+        loop = asyncio.get_running_loop()
+        for pending in batch:
+            try:
+                (result,) = await loop.run_in_executor(
+                    self._executor, pending.scorer.recommend, [pending.request], catalog, None
+                )
+            except Exception as exc:
+                log.exception("scoring one request failed")
+                if not pending.future.done():
+                    pending.future.set_exception(exc)
+                continue
+            if not pending.future.done():
+                pending.future.set_result(result)
 
     async def popular_from_events(
         self, window_days: float, n: int, categories: frozenset[str] | None, exclude: frozenset[str]
     ) -> RecommendResult:
         """Popular items straight from the events table (for a window the model was not built
-        with, or before any model exists), cached for POPULAR_CACHE_SECONDS per window."""
-        now = time.monotonic()
-        cached = self._popular_cache.get(window_days)
-        if cached is None or now - cached[0] > POPULAR_CACHE_SECONDS:
-            since = ingest.utcnow() - timedelta(days=window_days)
-            async with self.sessionmaker() as session:
-                ranked = await ingest.popular_items(
-                    session, since, self.settings.negative_event_types, POPULAR_CANDIDATES
-                )
-            cached = (now, ranked)
-            self._popular_cache[window_days] = cached
+        with, or before any model exists). The window is rounded up to whole days; the lists of
+        the POPULAR_CACHE_WINDOWS most recently used windows are kept for POPULAR_CACHE_SECONDS,
+        and one query runs at a time, so clients cannot make a worker hold or run unbounded
+        work (the API caps the window at api.MAX_POPULAR_WINDOW_DAYS)."""
+        days = max(1, math.ceil(window_days))
+        async with self._popular_lock:
+            cached = self._popular_cache.get(days)
+            now = time.monotonic()
+            if cached is None or now - cached[0] > POPULAR_CACHE_SECONDS:
+                since = ingest.utcnow() - timedelta(days=days)
+                async with self.sessionmaker() as session:
+                    ranked = await ingest.popular_items(
+                        session, since, self.settings.negative_event_types, POPULAR_CANDIDATES
+                    )
+                cached = (now, ranked)
+                self._popular_cache[days] = cached
+            self._popular_cache.move_to_end(days)
+            while len(self._popular_cache) > POPULAR_CACHE_WINDOWS:
+                self._popular_cache.popitem(last=False)
         catalog = self.catalog
         items = []
         for item_id, users in cached[1]:

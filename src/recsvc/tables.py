@@ -1,4 +1,5 @@
-"""The schema (DESIGN.md section 3) and Alembic's target metadata; same on PostgreSQL and SQLite."""
+"""The schema (docs/design.md section 3) and Alembic's target metadata; the same on PostgreSQL
+and SQLite."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
@@ -55,7 +57,14 @@ class Item(Base):
 
 
 class Event(Base):
-    """Append-only behaviour log; `id` grows with insertion, `event_id` is the client's key."""
+    """The behaviour log. Rows are only ever added, except by erasure (DELETE /v1/users/{id}),
+    which deletes all of a learner's events. `event_id` is the client's key; `id` grows with
+    insertion and, on SQLite, is never reused (AUTOINCREMENT): it is the SQLite model cutoff.
+
+    `txid` (PostgreSQL; set by a column default, NULL for rows stored before revision 0004) is
+    the inserting transaction: a model records the snapshot it read, and serving folds in
+    exactly the events whose transaction that snapshot does not see (docs/design.md section 2).
+    """
 
     __tablename__ = "events"
 
@@ -68,13 +77,41 @@ class Event(Base):
     occurred_at: Mapped[datetime] = mapped_column(Timestamp)
     received_at: Mapped[datetime] = mapped_column(Timestamp)
     context: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
+    txid: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
 
     __table_args__ = (
-        # "events of a user since T" (fold-in, user erasure, per-user counts)
-        Index("ix_events_user_id_received_at", "user_id", "received_at"),
-        # "events since T" (training windows, popularity, future time partitioning)
+        # "a user's events a model does not hold" (fold-in), user erasure, per-user counts
+        Index("ix_events_user_id_txid", "user_id", "txid"),
+        # "users with events a model does not hold" (freshness.py)
+        Index("ix_events_txid", "txid"),
+        # "events since T" (popularity windows)
         Index("ix_events_received_at", "received_at"),
+        {"sqlite_autoincrement": True},
     )
+
+
+class ErasedUser(Base):
+    """Learners erased since the model artifacts on disk were last rewritten without them.
+    `revision` is the `erasure` revision the erasure counted: a model trained from a snapshot
+    that saw a lower one may hold the learner's rows, and serving never uses them; training
+    rewrites older artifacts and then drops the entries (pipeline.py)."""
+
+    __tablename__ = "erased_users"
+
+    user_id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
+    erased_at: Mapped[datetime] = mapped_column(Timestamp)
+    revision: Mapped[int] = mapped_column(BigInteger)
+
+
+class Revision(Base):
+    """Named counters bumped in the transaction of each change they stand for (`catalog`:
+    item writes, `erasure`: user erasures), so a worker sees a change by comparing integers,
+    whatever the clocks of the machines that wrote it."""
+
+    __tablename__ = "revisions"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    value: Mapped[int] = mapped_column(BigInteger)
 
 
 class ModelVersion(Base):
@@ -88,9 +125,23 @@ class ModelVersion(Base):
     n_users: Mapped[int] = mapped_column(Integer, default=0)
     n_items: Mapped[int] = mapped_column(Integer, default=0)
     n_events: Mapped[int] = mapped_column(BigInteger, default=0)
+    # The version's folder relative to models_dir (its name); rows written before that hold the
+    # path the trainer saw. Each process resolves it under its own models_dir
+    # (registry.artifact_dir), so trainers and replicas may mount the volume anywhere.
     artifact_path: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(Timestamp)
     activated_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+
+    __table_args__ = (
+        # At most one active version, whatever runs concurrently (migration 0003).
+        Index(
+            "uq_model_versions_one_active",
+            "status",
+            unique=True,
+            postgresql_where=text("status = 'active'"),
+            sqlite_where=text("status = 'active'"),
+        ),
+    )
 
 
 class TrainingJob(Base):

@@ -11,6 +11,7 @@ and BLAS limited to one thread while implicit runs (also silences implicit's BLA
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -24,7 +25,7 @@ from implicit.als import AlternatingLeastSquares
 from implicit.cpu.als import AlternatingLeastSquares as CpuAlternatingLeastSquares
 from threadpoolctl import threadpool_limits
 
-from recsvc.features import ConfidenceScheme, Interactions, Vocabulary, confidence
+from recsvc.features import Confidence, ConfidenceScheme, Interactions, Vocabulary
 
 FloatArray = npt.NDArray[np.float32]
 IndexArray = npt.NDArray[np.int64]
@@ -35,7 +36,7 @@ METRIC_NAMES = ("ndcg@10", "precision@10", "recall@10", "map@10", "coverage")
 
 @dataclass(frozen=True)
 class ALSParams:
-    """ALS hyperparameters. Confidence is computed by `features.confidence` (c = 1 + alpha *
+    """ALS hyperparameters. Confidence is computed by `features.Confidence` (c = 1 + alpha *
     f(w)); implicit's own alpha is then fixed at 1.
 
     Defaults come from the MovieLens-100k research (bench/ml100k_research.py): log1p confidence
@@ -73,8 +74,14 @@ class ALSParams:
         known = cls.__dataclass_fields__
         return cls(**{k: v for k, v in values.items() if k in known})
 
+    def fit_confidence(self, weights: sp.csr_matrix) -> Confidence:
+        """The confidence transform of these settings, fitted on training `weights`."""
+        return Confidence.fit(weights, self.alpha, self.confidence, self.bm25_k1, self.bm25_b)
+
     def confidence_of(self, weights: sp.csr_matrix) -> sp.csr_matrix:
-        return confidence(weights, self.alpha, self.confidence, self.bm25_k1, self.bm25_b)
+        """The confidence matrix to fit on: the transform fitted on `weights` and applied to
+        them. Rows added later (fold-in) go through the fitted transform instead."""
+        return self.fit_confidence(weights).transform(weights)
 
 
 class Recommender(Protocol):
@@ -138,12 +145,26 @@ def als_from_factors(
     return model
 
 
-def fold_in_users(model: CpuAlternatingLeastSquares, user_confidence: sp.csr_matrix) -> FloatArray:
-    """Least-squares user factors for every row of `user_confidence`, given the item factors."""
-    users = np.arange(user_confidence.shape[0])
-    with threadpool_limits(limits=1, user_api="blas"):
-        factors: FloatArray = model.recalculate_user(users, _as_csr32(user_confidence))
-    return factors
+def fold_in_users(
+    model: CpuAlternatingLeastSquares,
+    confidence: Confidence,
+    weights: sp.csr_matrix,
+    limit_blas: bool = True,
+) -> tuple[FloatArray, sp.csr_matrix]:
+    """Least-squares user factors for every row of `weights` (users x the model's items), given
+    the item factors, and the confidence rows they were computed from (explain's input).
+
+    The one fold-in path: serving (`Scorer`) and the offline evaluation of an active model
+    (`evaluate_active`) both call it, with the confidence fitted when the model was trained.
+    `limit_blas=False` skips threadpoolctl (~1.5 ms per call, more than a fold-in): for
+    serving processes, which limit BLAS threads through the environment instead.
+    """
+    rows = confidence.transform(weights)
+    users = np.arange(rows.shape[0])
+    limit = threadpool_limits(limits=1, user_api="blas") if limit_blas else contextlib.nullcontext()
+    with limit:
+        factors: FloatArray = np.atleast_2d(model.recalculate_user(users, rows))
+    return factors, rows
 
 
 class PopularityModel:
@@ -273,7 +294,7 @@ def evaluate(
     Per user, averaged: precision = hits/k; recall = hits/|test|; nDCG with binary gains,
     IDCG over min(|test|, k) positions; AP@k = sum of precision at each hit / min(|test|, k).
     coverage = distinct recommended items / all items. Keys carry "@10" whatever `k` is, as the
-    model contract fixes them (DESIGN.md §2).
+    model contract fixes them (docs/design.md §2).
     """
     n_items = train.shape[1]
     seen = _binary(train if exclude is None else train + exclude)
@@ -338,6 +359,9 @@ class ActiveModel:
     user_items: sp.csr_matrix  # the pairs it was trained on
     params: ALSParams
     metrics: Metrics  # its own holdout metrics, recorded when it was trained
+    # The confidence it was trained with (`ModelArtifact.fold_in_basis`); None: fitted on the
+    # evaluation split's train weights with `params`.
+    confidence: Confidence | None = None
 
 
 @dataclass(frozen=True)
@@ -368,25 +392,50 @@ def evaluate_active(
 ) -> Metrics:
     """The active model scored on a split built from newer data.
 
-    Its vocabularies differ from the split's, so item factors are re-aligned by id (items it
-    does not know are not recommendable, as when serving) and every user is folded in from
-    their train rows with the active model's own confidence settings: the same request-time
-    path as serving a user with new events, and no user factors fitted on the test pairs.
+    Every user is folded in from their train rows exactly as serving folds in a user with new
+    events (`fold_in_users`, the active model's fitted confidence, items it does not know left
+    out), so no user factors are fitted on the test pairs. Its vocabularies differ from the
+    split's, so its item factors are then re-aligned by id for scoring (items it does not know
+    are not recommendable, as when serving).
     """
-    position = items.indices_of(active.items.ids.tolist())
-    known = position >= 0
-    aligned = np.zeros((len(items), active.item_factors.shape[1]), dtype=np.float32)
-    aligned[position[known]] = active.item_factors[known]
-    unknown = np.setdiff1d(np.arange(len(items)), position[known])
-    model = als_from_factors(
-        np.zeros((0, aligned.shape[1]), dtype=np.float32), aligned, active.params
+    n_factors = active.item_factors.shape[1]
+    train = _to_model_items(holdout.train, items, active.items)
+    confidence = (
+        active.params.fit_confidence(train) if active.confidence is None else active.confidence
+    )
+    own_items = als_from_factors(
+        np.zeros((0, n_factors), dtype=np.float32), active.item_factors, active.params
     )
     # Only users with test items are scored, so only they need folding in.
     users = np.flatnonzero(np.diff(holdout.test.indptr))
-    user_factors = np.zeros((holdout.train.shape[0], aligned.shape[1]), dtype=np.float32)
-    user_factors[users] = fold_in_users(model, active.params.confidence_of(holdout.train[users]))
-    model.user_factors = user_factors
+    user_factors = np.zeros((holdout.train.shape[0], n_factors), dtype=np.float32)
+    user_factors[users] = fold_in_users(own_items, confidence, train[users])[0]
+
+    position = items.indices_of(active.items.ids.tolist())
+    known = position >= 0
+    aligned = np.zeros((len(items), n_factors), dtype=np.float32)
+    aligned[position[known]] = active.item_factors[known]
+    unknown = np.setdiff1d(np.arange(len(items)), position[known])
+    model = als_from_factors(user_factors, aligned, active.params)
     return evaluate(model, holdout.train, holdout.test, k, negatives, unknown)
+
+
+def _to_model_items(
+    weights: sp.csr_matrix, items: Vocabulary, model_items: Vocabulary
+) -> sp.csr_matrix:
+    """`weights` (columns: `items`) with the columns of `model_items`; pairs of items the model
+    does not know are dropped, as serving drops them from a fold-in."""
+    column = model_items.indices_of(items.ids.tolist())
+    coo = sp.coo_matrix(weights)
+    target = column[coo.col]
+    keep = target >= 0
+    result = sp.csr_matrix(
+        (coo.data[keep], (coo.row[keep], target[keep])),
+        shape=(weights.shape[0], len(model_items)),
+        dtype=np.float32,
+    )
+    result.sort_indices()
+    return result
 
 
 def unseen_by(
@@ -453,6 +502,8 @@ class TrainedModel:
     user_factors: FloatArray
     item_factors: FloatArray
     user_items: sp.csr_matrix  # the confidence matrix of the final fit (for explain / filters)
+    user_weights: sp.csr_matrix  # the weights it was computed from (fold-in adds to them)
+    confidence: Confidence  # fitted on the final fit's weights; turns weights into user_items
     metrics: Metrics
     baseline_metrics: Metrics
     comparison: Comparison | None  # None when there is no active model
@@ -508,7 +559,8 @@ def train_model(
     seconds["evaluate"] = clock() - start
 
     start = clock()
-    user_items = params.confidence_of(interactions.weights)
+    fitted_confidence = params.fit_confidence(interactions.weights)
+    user_items = fitted_confidence.transform(interactions.weights)
     final = fit_als(user_items, params)
     seconds["fit_final"] = clock() - start
 
@@ -519,6 +571,8 @@ def train_model(
         user_factors=np.asarray(final.user_factors, dtype=np.float32),
         item_factors=np.asarray(final.item_factors, dtype=np.float32),
         user_items=user_items,
+        user_weights=interactions.weights,
+        confidence=fitted_confidence,
         metrics=metrics,
         baseline_metrics=baseline_metrics,
         comparison=comparison,
@@ -529,7 +583,7 @@ def train_model(
 
 
 def is_not_worse(comparison: Comparison | None, key: str = "ndcg@10") -> bool:
-    """Activation rule (DESIGN.md §5): no active model, or candidate >= active on `key`.
+    """Activation rule (docs/design.md §5): no active model, or candidate >= active on `key`.
     A tiny tolerance keeps float noise from blocking an identical retrain."""
     if comparison is None:
         return True
