@@ -274,10 +274,11 @@ class Scorer:
         self._model = als_from_factors(self._user_factors, self._item_factors, self.params)
         _ = self._model.YtY  # implicit caches it lazily; compute it before threads share it
         # Fold-in adds new weights to the stored ones and applies the confidence fitted at
-        # training (older models: the fallback of `ModelArtifact.fold_in_basis`).
+        # training (older models: the fallback of `ModelArtifact.fold_in_basis`). A stored
+        # user's confidence row (explain) is that confidence of their weights, derived per
+        # request rather than held as a second copy of every pair.
         stored_weights, self._confidence = artifact.fold_in_basis()
         self._user_weights = _canonical_csr(stored_weights, np.float32)
-        self._user_items = _canonical_csr(artifact.user_items, np.float32)
         self._negatives = _canonical_csr(artifact.negatives, bool)
         self._consumed = _canonical_csr(artifact.consumed, bool)
 
@@ -734,7 +735,8 @@ class Scorer:
         if plan.folded_row is not None:
             columns, confidence = plan.folded_row
         elif plan.user is not None:
-            columns, confidence = _csr_row(self._user_items, plan.user)
+            row = self._confidence.transform(self._user_weights[plan.user])
+            columns, confidence = row.indices.astype(np.int64), row.data
         else:
             return [[] for _ in plan.items]
         confidence = np.asarray(confidence, dtype=np.float32)
