@@ -131,7 +131,14 @@ async def test_a_request_caught_in_a_swap_is_answered_by_one_model(
     assert body["model_version"] == old.version
     assert body["strategy"] == "als_foldin"
     expected = old.scorer.recommend(
-        [RecommendRequest(user_id=USER, n=10, recent=await serving.recent_events(USER, old))],
+        [
+            RecommendRequest(
+                user_id=USER,
+                n=10,
+                recent=await serving.recent_events(USER, old),
+                diversity=serving.settings.diversity,
+            )
+        ],
         serving.catalog,
     )[0]
     assert [i["item_id"] for i in body["items"]] == [i.item_id for i in expected.items]

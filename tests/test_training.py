@@ -26,6 +26,7 @@ from recsvc.training import (
     PopularityModel,
     evaluate,
     evaluate_active,
+    family_codes,
     fit_als,
     is_not_worse,
     split_holdout,
@@ -109,10 +110,12 @@ def test_holdout_keeps_small_users_whole_and_is_deterministic() -> None:
 
 
 class FixedLists:
-    """A model that returns given lists, to check the metric arithmetic by hand."""
+    """A model that returns given lists, to check the metric arithmetic by hand. Items in
+    `filtered` come back as implicit pads a short list: with its lowest float32 score."""
 
-    def __init__(self, lists: dict[int, list[int]]) -> None:
+    def __init__(self, lists: dict[int, list[int]], filtered: frozenset[int] = frozenset()) -> None:
         self.lists = lists
+        self.filtered = filtered
 
     def recommend(
         self,
@@ -126,7 +129,8 @@ class FixedLists:
         for row, user in enumerate(userid):
             chosen = self.lists[int(user)][:N]
             ids[row, : len(chosen)] = chosen
-        return ids, np.zeros(ids.shape)
+        scores = np.where(np.isin(ids, list(self.filtered)), np.finfo(np.float32).min, 0.0)
+        return ids, scores
 
 
 def test_metrics_by_hand() -> None:
@@ -148,6 +152,92 @@ def test_metrics_by_hand() -> None:
     assert metrics["map@10"] == pytest.approx(((1 + 2 / 3) / 2) / 2)
     assert metrics["coverage"] == pytest.approx(5 / n_items)
     assert set(metrics) == set(METRIC_NAMES)
+
+
+FAMILY_KEYS = {"family_ndcg@10", "distinct_families@10"}
+
+
+def two_users_with_editions() -> tuple[sp.csr_matrix, sp.csr_matrix, np.ndarray]:
+    """20 items; items 0/1 and 5/6 are two editions of one course each (families 100, 105)."""
+    n_items = 20
+    family_of = np.arange(n_items) + 200
+    family_of[[0, 1]] = 100
+    family_of[[5, 6]] = 105
+    train = sp.csr_matrix(np.eye(2, n_items, k=10, dtype=np.float32))  # user u saw item 10+u
+    train = sp.csr_matrix(np.vstack([train.toarray(), np.ones((1, n_items))]))  # none is cold
+    test = np.zeros((3, n_items), dtype=np.float32)
+    test[0, [1]] = 1  # user 0 took the second edition of family 100
+    test[1, [5, 6, 8]] = 1  # user 1: both editions of family 105, and item 8
+    return train, sp.csr_matrix(test), family_of
+
+
+def test_served_lists_keep_one_edition_per_family_and_count_family_hits() -> None:
+    train, test, family_of = two_users_with_editions()
+    # user 0's top-2 are both editions of family 100; user 1's top-2 both editions of 105
+    model = FixedLists({0: [0, 1, 2, 3], 1: [6, 5, 9, 8]})
+    plain = evaluate(model, train, test, k=3)
+    served = evaluate(model, train, test, k=3, family_of=family_of)
+    assert set(plain) == set(METRIC_NAMES)
+    assert set(served) == set(METRIC_NAMES) | FAMILY_KEYS
+
+    # plain top-3: user 0 [0, 1, 2] hits item 1 at rank 2; user 1 [6, 5, 9] hits at 1 and 2
+    idcg3 = 1 + 1 / np.log2(3) + 1 / np.log2(4)
+    assert plain["ndcg@10"] == pytest.approx((1 / np.log2(3) + (1 + 1 / np.log2(3)) / idcg3) / 2)
+    # served top-3: user 0 [0, 2, 3] misses item 1; user 1 [6, 9, 8] hits at ranks 1 and 3
+    assert served["ndcg@10"] == pytest.approx((0 + (1 + 1 / np.log2(4)) / idcg3) / 2)
+    assert served["coverage"] == pytest.approx(6 / 20)  # 0, 2, 3, 6, 9, 8
+    # family level: edition 0 stands for family 100 (user 0's test item 1): a hit at rank 1;
+    # user 1 has two test families (105, 208): hits at ranks 1 and 3, IDCG over 2 positions
+    user1 = (1 + 1 / np.log2(4)) / (1 + 1 / np.log2(3))
+    assert served["family_ndcg@10"] == pytest.approx((1.0 + user1) / 2)
+    assert served["distinct_families@10"] == 1.0
+
+    two = evaluate(model, train, test, k=3, family_of=family_of, max_per_family=2)
+    assert two["precision@10"] == plain["precision@10"]  # two editions allowed: plain lists
+    # both editions listed: distinct share 2/3, and the family still counts once
+    assert two["distinct_families@10"] == pytest.approx(2 / 3)
+    assert two["family_ndcg@10"] == pytest.approx((1.0 + 1 / (1 + 1 / np.log2(3))) / 2)
+
+
+def test_served_lists_measure_intra_list_distance_with_given_vectors() -> None:
+    train, test, family_of = two_users_with_editions()
+    model = FixedLists({0: [0, 1, 2, 3], 1: [6, 5, 9, 8]})
+    vectors = np.zeros((20, 2), dtype=np.float32)
+    vectors[[0, 2, 6, 9]] = [3.0, 0.0]  # norms differ: cosine, not dot product
+    vectors[[3, 8]] = [0.0, 0.5]
+    served = evaluate(model, train, test, k=3, family_of=family_of, item_vectors=vectors)
+    # both served lists hold two parallel items and one orthogonal: distances 0, 1, 1
+    assert served["ild@10"] == pytest.approx(2 / 3)
+    assert "ild@10" not in evaluate(model, train, test, k=3, family_of=family_of)
+
+
+def test_served_lists_skip_the_filtered_items_implicit_pads_with() -> None:
+    train, test, family_of = two_users_with_editions()
+    # user 0's list runs out of allowed items: implicit pads with a seen item (10), -FLT_MAX
+    model = FixedLists({0: [1, 10], 1: [6, 5, 9, 8]}, filtered=frozenset({10}))
+    served = evaluate(model, train, test, k=3, family_of=family_of)
+    assert served["precision@10"] == pytest.approx((1 / 3 + 2 / 3) / 2)
+    assert served["coverage"] == pytest.approx(4 / 20)  # 1, 6, 9, 8: not 10
+
+
+def test_without_families_identity_codes_change_nothing(blocks: Interactions) -> None:
+    holdout = split_holdout(blocks, 0.25, seed=0)
+    model = fit_als(PARAMS.confidence_of(holdout.train), PARAMS)
+    plain = evaluate(model, holdout.train, holdout.test, k=10)
+    no_family = family_codes(blocks.items, {})
+    assert no_family.tolist() == list(range(blocks.shape[1]))
+    served = evaluate(model, holdout.train, holdout.test, k=10, family_of=no_family)
+    assert {key: served[key] for key in METRIC_NAMES} == plain
+    assert served["family_ndcg@10"] == pytest.approx(plain["ndcg@10"])
+    assert served["distinct_families@10"] == 1.0
+
+
+def test_family_codes_give_unmapped_items_a_code_of_their_own() -> None:
+    items = Vocabulary(["a", "b", "c", "d", "e"])
+    codes = family_codes(items, {"b": "~b", "d": "~b", "e": "a"})  # family "a" is not item a
+    assert codes.dtype == np.int64
+    assert codes[1] == codes[3]
+    assert len(set(codes.tolist())) == 4 and sorted(set(codes.tolist())) == [0, 1, 2, 3]
 
 
 def test_popularity_model_skips_seen_and_blocked_items() -> None:
@@ -203,6 +293,75 @@ def test_train_model_is_deterministic_and_refits_on_all_data(blocks: Interaction
     assert first.user_factors.shape == (blocks.shape[0], PARAMS.factors)
     assert first.item_factors.shape == (blocks.shape[1], PARAMS.factors)
     assert first.n_test_users == blocks.shape[0]
+
+
+def paired_families(interactions: Interactions) -> np.ndarray:
+    """Items a00/a01, a02/a03, ... (and b..) as two editions of one course each."""
+    return family_codes(
+        interactions.items, {i: i[0] + str(int(i[1:]) // 2) for i in interactions.items.ids}
+    )
+
+
+def test_train_model_with_families_records_served_and_item_level_metrics(
+    blocks: Interactions,
+) -> None:
+    plain = train_model(blocks, PARAMS, 0.25, seed=5)
+    served = train_model(blocks, PARAMS, 0.25, seed=5, family_of=paired_families(blocks))
+    new_keys = FAMILY_KEYS | {"item_ndcg@10", "ild@10"}
+    for metrics in (served.metrics, served.baseline_metrics):
+        assert set(metrics) == set(METRIC_NAMES) | new_keys
+        assert metrics["distinct_families@10"] == 1.0
+        assert 0.0 <= metrics["ild@10"] <= 2.0
+    # item_ndcg@10 is today's figure on the same split; the final model does not change
+    assert served.metrics["item_ndcg@10"] == plain.metrics["ndcg@10"]
+    assert served.baseline_metrics["item_ndcg@10"] == plain.baseline_metrics["ndcg@10"]
+    np.testing.assert_array_equal(served.item_factors, plain.item_factors)
+    assert served.metrics["family_ndcg@10"] > served.baseline_metrics["family_ndcg@10"]
+
+
+def test_recorded_comparison_with_a_model_trained_before_families_is_like_for_like(
+    blocks: Interactions,
+) -> None:
+    """The first version trained with families replaces one whose ndcg@10 was measured on
+    plain lists: the candidate's plain figure (item_ndcg@10) is the one compared."""
+    before = train_model(blocks, PARAMS, 0.25, seed=0)
+    active = ActiveModel(
+        users=before.users,
+        items=before.items,
+        item_factors=before.item_factors,
+        user_items=before.user_items,
+        params=PARAMS,
+        metrics=before.metrics,
+    )
+    after = train_model(
+        blocks, PARAMS, 0.25, seed=0, active=active, family_of=paired_families(blocks)
+    )
+    assert after.comparison is not None and after.comparison.basis == "recorded"
+    assert after.comparison.candidate["ndcg@10"] == after.metrics["item_ndcg@10"]
+    assert after.comparison.active == before.metrics
+    assert is_not_worse(after.comparison)
+
+
+def test_the_active_model_is_compared_on_served_lists_too(blocks: Interactions) -> None:
+    holdout = split_holdout(blocks, 0.25, seed=0)
+    older = fit_als(PARAMS.confidence_of(holdout.train), PARAMS)
+    active = ActiveModel(
+        users=blocks.users,
+        items=blocks.items,
+        item_factors=np.asarray(older.item_factors),
+        user_items=holdout.train,
+        params=PARAMS,
+        metrics={"ndcg@10": 1.0},
+    )
+    family_of = paired_families(blocks)
+    trained = train_model(blocks, PARAMS, 0.25, seed=0, active=active, family_of=family_of)
+    comparison = trained.comparison
+    assert comparison is not None and comparison.basis == "unseen_pairs"
+    for side in (comparison.candidate, comparison.active):
+        assert set(side) == set(METRIC_NAMES) | FAMILY_KEYS | {"ild@10"}
+    served = evaluate_active(active, blocks.items, holdout, family_of=family_of)
+    assert comparison.active["ndcg@10"] == served["ndcg@10"]
+    assert comparison.candidate["ndcg@10"] == trained.metrics["ndcg@10"]
 
 
 def test_a_different_seed_changes_the_model() -> None:

@@ -24,6 +24,8 @@ from recsvc.errors import (
     validation_errors,
 )
 from recsvc.schemas import (
+    DIVERSITY_DOC,
+    MAX_PER_FAMILY_DOC,
     EventBatch,
     EventTypes,
     Health,
@@ -261,7 +263,7 @@ async def put_item(
     await catalog_written(request, session)
     if created:
         response.status_code = 201
-    return out
+    return _with_family(request, out)
 
 
 @v1.post(
@@ -292,8 +294,19 @@ async def put_items(
     dependencies=[Depends(require("read"))],
     responses={**AUTH_RESPONSES, 404: problem("not in the catalog")},
 )
-async def get_item(item_id: PathId, session: SessionDep) -> ItemOut:
-    return await ingest.get_item(session, item_id)
+async def get_item(item_id: PathId, request: Request, session: SessionDep) -> ItemOut:
+    """A course, with its family and the family's other editions (as this worker's catalog
+    view sees them: refreshed on every catalog write, within one poll of another worker's)."""
+    return _with_family(request, await ingest.get_item(session, item_id))
+
+
+def _with_family(request: Request, item: ItemOut) -> ItemOut:
+    catalog = request.app.state.serving.catalog
+    family = catalog.families.get(item.item_id)
+    if family is None:
+        return item
+    editions = [i for i in catalog.family_members.get(family, ()) if i != item.item_id]
+    return item.model_copy(update={"family": family, "editions": editions})
 
 
 @v1.delete(
@@ -471,6 +484,16 @@ CategoryQuery = Annotated[
 ExcludeQuery = Annotated[
     str | None, Query(max_length=20_000, description="comma-separated item ids to leave out")
 ]
+PerFamilyQuery = Annotated[int | None, Query(ge=1, le=100, description=MAX_PER_FAMILY_DOC)]
+DiversityQuery = Annotated[float | None, Query(ge=0, le=1, description=DIVERSITY_DOC)]
+
+
+def _per_family(serving: Serving, requested: int | None) -> int:
+    return requested if requested is not None else serving.settings.max_per_family
+
+
+def _diversity(serving: Serving, requested: float | None) -> float:
+    return requested if requested is not None else serving.settings.diversity
 
 
 def _excluded(exclude: str | None) -> frozenset[str]:
@@ -493,6 +516,8 @@ def _recommendations(
             entry["reasons"] = [
                 {"item_id": r.item_id, "title": r.title, "weight": r.weight} for r in item.reasons
             ]
+        if item.editions:
+            entry["editions"] = [{"item_id": i, "title": t} for i, t in item.editions]
         items.append(entry)
     body = {
         "user_id": user_id,
@@ -515,6 +540,7 @@ async def _recommend(serving: Serving, request: scorer.RecommendRequest) -> Resp
             request.n,
             request.categories,
             request.exclude,
+            request.max_per_family,
         )
     else:
         result = await serving.recommend_fresh(request, live)
@@ -552,6 +578,8 @@ async def recommend_for_user(
     category: CategoryQuery = None,
     exclude: ExcludeQuery = None,
     explain: Annotated[bool, Query(description="add `reasons` to each item")] = False,
+    max_per_family: PerFamilyQuery = None,
+    diversity: DiversityQuery = None,
 ) -> Response:
     """Top-n for a learner, with their newest events (seconds old) already taken into account.
     An unknown learner gets the cold-start list (popular)."""
@@ -561,6 +589,8 @@ async def recommend_for_user(
         categories=_category_filter(category),
         exclude=_excluded(exclude),
         explain=explain,
+        max_per_family=_per_family(serving, max_per_family),
+        diversity=_diversity(serving, diversity),
     )
     return await _recommend(serving, request)
 
@@ -588,6 +618,8 @@ async def recommend(
         categories=_category_filter(body.categories),
         exclude=frozenset(body.exclude),
         explain=body.explain,
+        max_per_family=_per_family(serving, body.max_per_family),
+        diversity=_diversity(serving, body.diversity),
     )
     return await _recommend(serving, request)
 
@@ -609,13 +641,19 @@ async def similar_items(
     n: ItemsQuery = 10,
     category: CategoryQuery = None,
     exclude: ExcludeQuery = None,
+    max_per_family: PerFamilyQuery = None,
 ) -> Response:
     """Items like this one: by learners' behaviour (`als`), or by text for courses newer than
-    the model (`content`)."""
+    the model (`content`). The item's own editions are left out."""
     model = serving.scorer
     try:
         result = model.similar(
-            item_id, n, _category_filter(category), serving.catalog, _excluded(exclude)
+            item_id,
+            n,
+            _category_filter(category),
+            serving.catalog,
+            _excluded(exclude),
+            _per_family(serving, max_per_family),
         )
     except scorer.UnknownItem:
         raise NotFound(
@@ -645,14 +683,18 @@ async def popular_items(
         ),
     ] = None,
     exclude: ExcludeQuery = None,
+    max_per_family: PerFamilyQuery = None,
 ) -> Response:
     """Trending courses: distinct learners per course in the window (cold start, fallbacks)."""
     categories, excluded = _category_filter(category), _excluded(exclude)
+    per_family = _per_family(serving, max_per_family)
     model = serving.scorer
     model_window = serving.settings.popularity_window_days
     if model.version is not None and window_days in (None, model_window):
-        result = model.popular(n, categories, serving.catalog, exclude=excluded)
+        result = model.popular(
+            n, categories, serving.catalog, exclude=excluded, max_per_family=per_family
+        )
     else:
         window = window_days or model_window
-        result = await serving.popular_from_events(window, n, categories, excluded)
+        result = await serving.popular_from_events(window, n, categories, excluded, per_family)
     return _recommendations(result, None, model.version)

@@ -128,17 +128,24 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 METRIC_ORDER = ("ndcg@10", "precision@10", "recall@10", "map@10", "coverage")
+# Recorded when training knows the course families (training.evaluate with family_of): the
+# metrics above are then on the lists as served, one edition per family.
+FAMILY_METRIC_ORDER = ("family_ndcg@10", "item_ndcg@10", "distinct_families@10", "ild@10")
 
 
-def metrics_table(rows: dict[str, dict[str, float] | None]) -> str:
-    """Model rows x metric columns, as plain text."""
-    header = f"{'model':<22}" + "".join(f"{name:>14}" for name in METRIC_ORDER)
+def metrics_table(
+    rows: dict[str, dict[str, float] | None], columns: tuple[str, ...] = METRIC_ORDER
+) -> str:
+    """Model rows x metric columns, as plain text (nan: not recorded for that model)."""
+    widths = [max(14, len(name) + 2) for name in columns]
+    header = f"{'model':<22}" + "".join(f"{n:>{w}}" for n, w in zip(columns, widths, strict=True))
     lines = [header, "-" * len(header)]
     for label, values in rows.items():
         if values is not None:
-            lines.append(
-                f"{label:<22}" + "".join(f"{values.get(m, math.nan):>14.4f}" for m in METRIC_ORDER)
+            cells = (
+                f"{values.get(m, math.nan):>{w}.4f}" for m, w in zip(columns, widths, strict=True)
             )
+            lines.append(f"{label:<22}" + "".join(cells))
     return "\n".join(lines)
 
 
@@ -164,9 +171,14 @@ async def _train(settings: Settings, force: bool) -> int:
         f"version {outcome.version}: {outcome.n_users:,} users, {outcome.n_items:,} items, "
         f"{outcome.n_events:,} events"
     )
-    print(
-        metrics_table({"als (candidate)": outcome.metrics, "popularity": outcome.baseline_metrics})
-    )
+    holdout = {"als (candidate)": outcome.metrics, "popularity": outcome.baseline_metrics}
+    if "family_ndcg@10" in outcome.metrics:
+        limit = settings.max_per_family
+        print(f"holdout lists as served, at most {limit} edition(s) per course family:")
+    print(metrics_table(holdout))
+    if "family_ndcg@10" in outcome.metrics:
+        # item_ndcg@10: the plain top-10 before family dedup, comparable with older versions.
+        print(metrics_table(holdout, FAMILY_METRIC_ORDER))
     comparison = outcome.comparison
     if comparison is not None:
         basis = (
@@ -175,7 +187,10 @@ async def _train(settings: Settings, force: bool) -> int:
             else "each on its own holdout (no new data since the active model)"
         )
         print(f"\ncandidate vs active {outcome.active_version}, {basis}:")
-        print(metrics_table({"candidate": comparison.candidate, "active": comparison.active}))
+        compared = {"candidate": comparison.candidate, "active": comparison.active}
+        print(metrics_table(compared))
+        if "family_ndcg@10" in comparison.candidate:
+            print(metrics_table(compared, FAMILY_METRIC_ORDER))
     stages = ", ".join(f"{name} {sec:.2f}s" for name, sec in outcome.seconds.items())
     print(f"stages: {stages}")
     if outcome.activated:

@@ -6,6 +6,7 @@ Nothing runs at import: call `get_settings()` (cached) or build `Settings(...)` 
 from __future__ import annotations
 
 import functools
+import re
 from datetime import timedelta
 from pathlib import Path
 from typing import Literal
@@ -122,6 +123,32 @@ class Settings(BaseSettings):
         default_factory=lambda: list(DEFAULT_CONSUMED_TYPES),
         description="a user's items with these events are never recommended to them again",
     )
+    max_per_family: int = Field(
+        1,
+        ge=1,
+        le=100,
+        description="editions of one course family in a list (request parameter max_per_family)",
+    )
+    diversity: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description="how much score a personal or query list trades for courses unlike the ones "
+        "above them (item factors and categories; request parameter diversity); 0: none. 0.1 "
+        "was measured on the demo holdout (bench/diversity.py --tune)",
+    )
+    family_edition_patterns: list[str] | None = Field(
+        None,
+        description="JSON list of regexes of edition markers removed from the end of titles "
+        "before course families are detected; unset: the built-in list",
+    )
+    family_similarity: float = Field(
+        0.9,
+        gt=0,
+        le=1,
+        description="title n-gram cosine from which two courses of the same categories are "
+        "editions of one family",
+    )
     model_poll_seconds: float = Field(
         2.0, gt=0, le=5, description="how often a worker checks for a newly activated model"
     )
@@ -136,6 +163,16 @@ class Settings(BaseSettings):
             if len(key) < 8:
                 raise ValueError("each API key must be at least 8 characters long")
         return keys
+
+    @field_validator("family_edition_patterns")
+    @classmethod
+    def _patterns_compile(cls, patterns: list[str] | None) -> list[str] | None:
+        for pattern in patterns or []:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"bad edition pattern {pattern!r}: {exc}") from None
+        return patterns
 
     @model_validator(mode="after")
     def _rating_and_negative_types_are_known(self) -> Settings:

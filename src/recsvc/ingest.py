@@ -532,6 +532,7 @@ class CatalogItem:
     text: tuple[str, str, list[str], list[str]]  # title, description, tags, categories
     categories: list[str]
     recommendable: bool  # available and not deleted
+    attributes: dict[str, Any]  # price, level, ..., and an explicit `family` or `series`
 
 
 async def read_catalog(session: AsyncSession) -> list[CatalogItem]:
@@ -544,6 +545,7 @@ async def read_catalog(session: AsyncSession) -> list[CatalogItem]:
             ITEMS.c.categories,
             ITEMS.c.available,
             ITEMS.c.deleted_at,
+            ITEMS.c.attributes,
         ).order_by(ITEMS.c.id)
     )
     return [
@@ -553,6 +555,7 @@ async def read_catalog(session: AsyncSession) -> list[CatalogItem]:
             text=(row.title, row.description, row.tags, row.categories),
             categories=row.categories,
             recommendable=bool(row.available) and row.deleted_at is None,
+            attributes=row.attributes or {},
         )
         for row in rows
     ]

@@ -23,16 +23,18 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from recsvc import artifact, ingest, registry
+from recsvc import artifact, families, ingest, registry
 from recsvc.config import Settings
 from recsvc.features import (
     EventColumns,
     FeatureConfig,
+    IndexArray,
     Interactions,
     TextIndex,
     build_interactions,
     item_text,
 )
+from recsvc.lists import category_codes
 from recsvc.training import (
     ActiveModel,
     ALSParams,
@@ -41,6 +43,7 @@ from recsvc.training import (
     Trial,
     evaluate,
     evaluate_active,
+    family_codes,
     is_not_worse,
     sample_test_users,
     split_holdout,
@@ -100,6 +103,48 @@ def build_features(settings: Settings, table: ingest.EventTable) -> Interactions
         table.user_ids, table.item_ids, table.types, table.values, table.occurred_at
     )
     return build_interactions(events, feature_config(settings))
+
+
+def family_rules(settings: Settings) -> families.FamilyRules:
+    patterns = settings.family_edition_patterns
+    return families.FamilyRules(
+        edition_patterns=(
+            tuple(patterns) if patterns is not None else families.DEFAULT_EDITION_PATTERNS
+        ),
+        similarity=settings.family_similarity,
+    )
+
+
+def catalog_families(settings: Settings, catalog: list[ingest.CatalogItem]) -> dict[str, str]:
+    """The catalog's course families (item -> family id): the one detection serving
+    (`serving.catalog_view`) and training's evaluation both use. CPU work, once per catalog."""
+    return families.detect_families(
+        [item.item_id for item in catalog],
+        [item.title for item in catalog],
+        [item.categories for item in catalog],
+        [families.explicit_family(item.attributes) for item in catalog],
+        family_rules(settings),
+    )
+
+
+def item_families(
+    settings: Settings, catalog: list[ingest.CatalogItem], interactions: Interactions
+) -> IndexArray | None:
+    """Family codes over the model's item columns, as serving detects them, so the holdout
+    metrics are measured on the lists learners are shown. Items missing from the catalog are
+    families of their own. None when no item shares a family: served lists are then the plain
+    top-k, and the metrics stay exactly those of a training without families."""
+    mapping = catalog_families(settings, catalog)
+    return family_codes(interactions.items, mapping) if mapping else None
+
+
+def item_categories(catalog: list[ingest.CatalogItem], interactions: Interactions) -> IndexArray:
+    """`lists.category_codes` over the model's item columns (diversity's similarity), read as
+    serving reads them."""
+    known = {item.item_id: item.categories for item in catalog}
+    return category_codes(
+        [sorted(set(known.get(item_id, []))) for item_id in interactions.items.ids.tolist()]
+    )
 
 
 def als_params(settings: Settings) -> ALSParams:
@@ -225,6 +270,10 @@ def _fit_and_save(
     interactions = build_features(settings, table)
     seconds["features"] = clock() - start
 
+    start = clock()
+    family_of = item_families(settings, catalog, interactions)
+    seconds["families"] = clock() - start
+
     trained = train_model(
         interactions,
         als_params(settings),
@@ -232,6 +281,10 @@ def _fit_and_save(
         seed=settings.random_seed,
         active=_load_active(active_path, settings.models_dir),
         max_eval_users=settings.eval_max_users,
+        family_of=family_of,
+        max_per_family=settings.max_per_family,
+        item_categories=item_categories(catalog, interactions),
+        diversity=settings.diversity,
     )
     seconds.update(trained.seconds)
 

@@ -191,6 +191,14 @@ class ItemOut(BaseModel):
     available: bool
     created_at: datetime
     updated_at: datetime
+    family: str | None = Field(
+        None,
+        description="the course family this item is an edition of: the `family` (or `series`) "
+        "attribute when sent, else detected from titles (starts with ~); null: no other edition",
+    )
+    editions: list[str] = Field(
+        default_factory=list, description="the family's other items (any availability)"
+    )
 
 
 class UpsertResult(BaseModel):
@@ -218,6 +226,18 @@ STRATEGY_DOC = (
 )
 
 
+MAX_PER_FAMILY_DOC = (
+    "editions of one course family in the list (default RECSVC_MAX_PER_FAMILY, 1): the best "
+    "scored available edition represents the family"
+)
+
+
+DIVERSITY_DOC = (
+    "0..1: how much score the list trades for courses unlike those above them (maximal marginal "
+    "relevance on item factors and categories; default RECSVC_DIVERSITY)"
+)
+
+
 class RecommendationsRequest(_Strict):
     """The chatbot's call, with what it knows of the conversation."""
 
@@ -232,6 +252,8 @@ class RecommendationsRequest(_Strict):
     categories: list[Label] | None = Field(None, max_length=20, description="any of these")
     exclude: list[Id] = Field(default_factory=list, max_length=500)
     explain: bool = Field(False, description="add `reasons` to each item")
+    max_per_family: int | None = Field(None, ge=1, le=100, description=MAX_PER_FAMILY_DOC)
+    diversity: float | None = Field(None, ge=0, le=1, description=DIVERSITY_DOC)
 
 
 class Reason(BaseModel):
@@ -240,11 +262,20 @@ class Reason(BaseModel):
     weight: float = Field(description="its contribution to the score")
 
 
+class Edition(BaseModel):
+    item_id: str
+    title: str
+
+
 class RecommendedItem(BaseModel):
     item_id: str
     score: float = Field(description="ranking score; its scale depends on the strategy")
     title: str
     reasons: list[Reason] | None = Field(None, description="only when explain=true")
+    editions: list[Edition] | None = Field(
+        None,
+        description="other recommendable editions of this course (same family), when it has any",
+    )
 
 
 class Recommendations(BaseModel):

@@ -14,6 +14,9 @@ One `Scorer` is built per model version (`ModelArtifact`) and owns everything a 
   by one matrix product (users stacked @ item factors.T);
 * filters applied in every strategy: consumed, negative (e.g. dislike), unrecommendable,
   excluded and out-of-category items;
+* lists a person reads (`lists.py`): at most `max_per_family` editions of one course family in
+  every strategy, the others named in `editions`, and maximal marginal relevance re-ranking of
+  personal and query lists (`diversity`);
 * explanations (implicit's `explain`), item-to-item similarity and popularity lists.
 
 Item spaces: ALS strategies and the popular fill rank only the model's items; `query` and
@@ -33,7 +36,7 @@ Exceptions:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -43,6 +46,7 @@ import numpy.typing as npt
 import scipy.linalg
 import scipy.sparse as sp
 
+from recsvc import lists
 from recsvc.artifact import ModelArtifact
 from recsvc.config import DEFAULT_CONSUMED_TYPES
 from recsvc.features import FeatureConfig, Vocabulary, event_weights
@@ -91,6 +95,10 @@ class CatalogView:
     titles: Mapping[str, str] = field(default_factory=dict)
     categories: Mapping[str, frozenset[str]] = field(default_factory=dict)
     unrecommendable: frozenset[str] = frozenset()  # unavailable or deleted items
+    # Course families (families.detect_families): item -> family id, for items with editions,
+    # and family id -> its items.
+    families: Mapping[str, str] = field(default_factory=dict)
+    family_members: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -113,6 +121,8 @@ class RecommendRequest:
     categories: frozenset[str] | None = None  # an item must have at least one of them
     exclude: frozenset[str] = frozenset()
     explain: bool = False
+    max_per_family: int = 1  # editions of one course family in the list
+    diversity: float = 0.0  # 0..1: how much score to trade for unlike items (lists.mmr)
 
 
 class Reason(NamedTuple):
@@ -134,6 +144,8 @@ class Recommendation:
     score: float
     title: str
     reasons: list[Reason] | None = None
+    # The family's other recommendable editions not in the list: (item_id, title).
+    editions: list[tuple[str, str]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -180,6 +192,25 @@ def _top_n(scores: Float32Array, n: int) -> IndexArray:
     return result
 
 
+def _top_per_family(scores: Float32Array, plan: _Plan, n: int) -> list[tuple[int, float]]:
+    """The `n` best finite scores (item, score), best first, at most the plan's
+    `max_per_family` of one family: more candidates (four times as many each round) only if
+    families thin them."""
+    per_family = plan.request.max_per_family
+    wanted = n
+    while True:
+        top = _top_n(scores, wanted)
+        chosen = top[plan.index.families.keep(top, per_family)][:n]
+        if len(chosen) >= n or len(top) < wanted:
+            return list(zip(chosen.tolist(), scores[chosen].tolist(), strict=True))
+        wanted *= 4
+
+
+def _pool_size(request: RecommendRequest) -> int:
+    """Candidates for diversity to choose the list from (just the list without it)."""
+    return request.n if request.diversity <= 0.0 else lists.pool_size(request.n)
+
+
 def _csr_row(matrix: sp.csr_matrix, row: int) -> tuple[IndexArray, npt.NDArray[Any]]:
     start, end = matrix.indptr[row], matrix.indptr[row + 1]
     return matrix.indices[start:end].astype(np.int64), matrix.data[start:end]
@@ -198,8 +229,65 @@ class _CatalogIndex:
 
     catalog: CatalogView
     unrecommendable: BoolArray
+    families: _Families
     members: dict[str, IndexArray] | None = None  # category -> universe indices, built lazily
     blocked_by_categories: dict[frozenset[str], BoolArray] = field(default_factory=dict)
+    # lists.category_codes over the universe, for the similarity of diversity; built lazily
+    category_codes: IndexArray | None = None
+
+
+class _Families:
+    """Course families over the universe: a code per item (an item without editions has a
+    code of its own), and each family's members, for the per-family limit of every strategy."""
+
+    def __init__(self, family_of: IndexArray) -> None:
+        self.family_of = family_of
+        self._by_family = np.argsort(family_of, kind="stable")
+        n_codes = int(family_of.max()) + 1 if len(family_of) else 0
+        self._start = np.searchsorted(family_of[self._by_family], np.arange(n_codes + 1))
+        self._size = np.diff(self._start)
+        self.any_editions = bool((self._size > 1).any())  # False: nothing to limit or expand
+
+    @classmethod
+    def of(
+        cls, catalog: CatalogView, universe_index: Callable[[str], int | None], size: int
+    ) -> _Families:
+        codes: dict[str, int] = {}
+        family_of = np.full(size, -1, dtype=np.int64)
+        for item_id, family in catalog.families.items():
+            found = universe_index(item_id)
+            if found is not None:
+                family_of[found] = codes.setdefault(family, len(codes))
+        alone = family_of < 0
+        family_of[alone] = len(codes) + np.arange(int(alone.sum()))
+        return cls(family_of)
+
+    def members(self, item: int) -> IndexArray:
+        code = self.family_of[item]
+        result: IndexArray = self._by_family[self._start[code] : self._start[code + 1]]
+        return result
+
+    def block_families_of(self, blocked: BoolArray, items: IndexArray) -> None:
+        """Block every member of the families of `items` (consumed one edition: consumed all)."""
+        blocked[items] = True
+        if self.any_editions:
+            for item in np.unique(items[self._size[self.family_of[items]] > 1]).tolist():
+                blocked[self.members(item)] = True
+
+    def has_editions(self, item: int) -> bool:
+        return self.any_editions and bool(self._size[self.family_of[item]] > 1)
+
+    def keep(
+        self, ranked: IndexArray, per_family: int, taken: IndexArray | None = None
+    ) -> BoolArray:
+        """Which of `ranked` (best first) are among the first `per_family` of their family;
+        `taken` (items already listed, ahead of `ranked`) count against the limit."""
+        if not self.any_editions:
+            return np.ones(len(ranked), dtype=bool)
+        head = 0 if taken is None else len(taken)
+        order = ranked if taken is None else np.concatenate([taken, ranked])
+        result: BoolArray = lists.rank_in_family(self.family_of[order])[head:] < per_family
+        return result
 
 
 @dataclass
@@ -208,6 +296,7 @@ class _Plan:
 
     request: RecommendRequest
     blocked: BoolArray  # universe mask: never return these
+    index: _CatalogIndex
     strategy: str = "popular"
     user: int | None = None  # the user's model index, when known
     vector: Float32Array | None = None  # the user's factors
@@ -374,15 +463,13 @@ class Scorer:
             scores = self._scores(vectors, helper)  # one product for the whole chunk
             for plan, row in zip(chunk, scores, strict=True):
                 np.copyto(row, np.float32(-np.inf), where=plan.blocked[: self.n_items])
-                top = _top_n(row, plan.request.n)
-                plan.items = list(zip(top.tolist(), row[top].tolist(), strict=True))
+                pool = _top_per_family(row, plan, _pool_size(plan.request))
+                plan.items = self._diversify(plan, pool)
 
         for plan in plans:
             if plan.text_scores is not None:
-                plan.items = self._rank_text(
-                    plan.text_scores, plan.blocked, plan.request.n, plan.vector
-                )
-            self._fill_with_popular(plan, plan.request.n)
+                plan.items = self._rank_text(plan.text_scores, plan, plan.vector)
+            self._fill_with_popular(plan)
         return [self._result(plan, catalog) for plan in plans]
 
     def similar(
@@ -392,31 +479,33 @@ class Scorer:
         categories: frozenset[str] | None,
         catalog: CatalogView,
         exclude: frozenset[str] = frozenset(),
+        max_per_family: int = 1,
     ) -> RecommendResult:
         """Items like `item_id`: cosine of ALS item factors ("als") when the model knows it,
         else cosine of item text ("content") when the text index does; UnknownItem otherwise.
-        The item itself, unrecommendable, excluded and out-of-category items are left out."""
+        The item itself and its editions, unrecommendable, excluded and out-of-category items
+        are left out."""
         index = self._catalog_index(catalog)
         blocked = self._blocked_base(index, categories).copy()
         self._block_ids(blocked, exclude)
         seed = self.items.index_of(item_id)
         text_seed = self.text_index.items.index_of(item_id) if self.text_index else None
-        plan = _Plan(RecommendRequest(n=n, categories=categories), blocked)
+        request = RecommendRequest(n=n, categories=categories, max_per_family=max_per_family)
+        plan = _Plan(request, blocked, index)
         if seed is not None:
-            blocked[seed] = True
+            blocked[index.families.members(seed)] = True  # the seed's own editions
             row = self._unit_item_factors @ self._unit_item_factors[seed]
             np.copyto(row, np.float32(-np.inf), where=blocked[: self.n_items])
-            top = _top_n(row, n)
             plan.strategy = "als"
-            plan.items = list(zip(top.tolist(), row[top].tolist(), strict=True))
+            plan.items = _top_per_family(row, plan, n)
         elif self.text_index is not None and text_seed is not None:
-            blocked[self._text_to_universe[text_seed]] = True
+            blocked[index.families.members(int(self._text_to_universe[text_seed]))] = True
             scores = self.text_index.similar(text_seed)
             plan.strategy = "content"
-            plan.items = self._rank_text(scores, blocked, n)
+            plan.items = self._rank_text(scores, plan)
         else:
             raise UnknownItem(item_id)
-        self._fill_with_popular(plan, n)
+        self._fill_with_popular(plan)
         return self._result(plan, catalog)
 
     def popular(
@@ -426,14 +515,16 @@ class Scorer:
         catalog: CatalogView,
         recent: bool = True,
         exclude: frozenset[str] = frozenset(),
+        max_per_family: int = 1,
     ) -> RecommendResult:
         """Most popular model items: distinct users in the model's recent window (ties and
         zeros ordered by all-time popularity), or all-time when `recent` is False."""
         index = self._catalog_index(catalog)
         blocked = self._blocked_base(index, categories).copy()
         self._block_ids(blocked, exclude)
-        plan = _Plan(RecommendRequest(n=n, categories=categories), blocked)
-        plan.items = self._popular_items(blocked, n, recent)
+        request = RecommendRequest(n=n, categories=categories, max_per_family=max_per_family)
+        plan = _Plan(request, blocked, index)
+        plan.items = self._popular_items(plan, n, recent)
         return self._result(plan, catalog)
 
     def forget(self, user_ids: Iterable[str]) -> None:
@@ -469,7 +560,8 @@ class Scorer:
             return cached
         unrecommendable = np.zeros(self.n_universe, dtype=bool)
         self._block_ids(unrecommendable, catalog.unrecommendable)
-        fresh = _CatalogIndex(catalog, unrecommendable)
+        families = _Families.of(catalog, self._universe_index, self.n_universe)
+        fresh = _CatalogIndex(catalog, unrecommendable, families)
         self._catalog_cache = fresh
         return fresh
 
@@ -509,19 +601,24 @@ class Scorer:
     def _plan(self, request: RecommendRequest, index: _CatalogIndex) -> _Plan:
         blocked = self._blocked_base(index, request.categories).copy()
         self._block_ids(blocked, request.exclude)
-        plan = _Plan(request, blocked)
+        plan = _Plan(request, blocked, index)
         user = None
         if request.user_id is not None and request.user_id not in self._forgotten:
             user = self.users.index_of(request.user_id)
         signals = self._recent_signals(request)
         if user is not None:
-            blocked[_csr_row(self._consumed, user)[0]] = True
+            # One edition consumed is the family consumed.
+            index.families.block_families_of(blocked, _csr_row(self._consumed, user)[0])
             stored_negatives = _csr_row(self._negatives, user)[0]
             if signals.lifted and len(stored_negatives):
                 lifted = self.items.indices_of(signals.lifted)
                 stored_negatives = np.setdiff1d(stored_negatives, lifted)
             blocked[stored_negatives] = True
-        self._block_ids(blocked, signals.consumed | signals.negative)
+        self._block_ids(blocked, signals.negative)
+        consumed = [self._universe_index(item_id) for item_id in signals.consumed]
+        index.families.block_families_of(
+            blocked, np.asarray([i for i in consumed if i is not None], dtype=np.int64)
+        )
 
         if request.recent or request.session_items:
             columns, weights = self._combined_weights(user, signals)
@@ -657,16 +754,17 @@ class Scorer:
     def _rank_text(
         self,
         text_scores: Float32Array,
-        blocked: BoolArray,
-        n: int,
+        plan: _Plan,
         vector: Float32Array | None = None,
     ) -> list[tuple[int, float]]:
-        """Items with a positive text score, best first; with a user vector the score blends
-        text (scaled to the best match) and taste (the user's ALS scores min-max scaled over the
-        candidates; items unknown to the model get the neutral 0.5)."""
+        """Items with a positive text score, best first, within the plan's limit per family;
+        with a user vector the score blends text (scaled to the best match) and taste (the
+        user's ALS scores min-max scaled over the candidates; items unknown to the model get the
+        neutral 0.5)."""
+        n = plan.request.n
         text_candidates = np.flatnonzero(text_scores > 0)
         universe = self._text_to_universe[text_candidates]
-        keep = ~blocked[universe]
+        keep = ~plan.blocked[universe]
         text_candidates, universe = text_candidates[keep], universe[keep]
         if len(universe) == 0 or n <= 0:
             return []
@@ -681,31 +779,36 @@ class Scorer:
                 taste[in_model] = (als - low) / (high - low) if high > low else 0.5
             weight = self.query_taste_weight
             scores = (1.0 - weight) * scores + weight * taste
-        order = np.lexsort((universe, -scores))[:n]
-        return list(zip(universe[order].tolist(), scores[order].tolist(), strict=True))
+        order = np.lexsort((universe, -scores))
+        order = order[plan.index.families.keep(universe[order], plan.request.max_per_family)]
+        pool = order[: _pool_size(plan.request)]
+        ranked = list(zip(universe[pool].tolist(), scores[pool].tolist(), strict=True))
+        return self._diversify(plan, ranked)
 
-    def _popular_items(
-        self, blocked: BoolArray, n: int, recent: bool = True
-    ) -> list[tuple[int, float]]:
+    def _popular_items(self, plan: _Plan, n: int, recent: bool = True) -> list[tuple[int, float]]:
+        """The `n` most popular items the plan allows, within its limit per family (counting
+        the items it already lists)."""
         order = self._popular_order[recent]
         popularity = self._popularity[recent]
-        chosen: list[int] = []
+        listed = np.asarray([i for i, _ in plan.items], dtype=np.int64)
+        blocked = plan.blocked.copy()
+        blocked[listed] = True
+        chosen = np.zeros(0, dtype=np.int64)
         step = max(4 * n, 1024)
         # Scan the popularity order in chunks: the first chunk nearly always suffices.
         for start in range(0, len(order), step):
+            chunk = order[start : start + step]
+            pool = np.concatenate([chosen, chunk[~blocked[chunk]]])
+            chosen = pool[plan.index.families.keep(pool, plan.request.max_per_family, listed)][:n]
             if len(chosen) >= n:
                 break
-            chunk = order[start : start + step]
-            chosen.extend(chunk[~blocked[chunk]][: n - len(chosen)].tolist())
-        return [(i, float(popularity[i])) for i in chosen]
+        return [(i, float(popularity[i])) for i in chosen.tolist()]
 
-    def _fill_with_popular(self, plan: _Plan, n: int) -> None:
-        missing = n - len(plan.items)
+    def _fill_with_popular(self, plan: _Plan) -> None:
+        missing = plan.request.n - len(plan.items)
         if missing <= 0:
             return
-        blocked = plan.blocked.copy()
-        blocked[[i for i, _ in plan.items]] = True
-        fill = self._popular_items(blocked, missing)
+        fill = self._popular_items(plan, missing)
         plan.filled = bool(fill) and plan.strategy != "popular"
         plan.items.extend(fill)
 
@@ -716,17 +819,56 @@ class Scorer:
     def _result(self, plan: _Plan, catalog: CatalogView) -> RecommendResult:
         titles = catalog.titles
         reasons = self._reasons(plan, titles) if plan.request.explain else None
+        listed = {i for i, _ in plan.items}
         items = [
             Recommendation(
                 item_id=self._universe_ids[i],
                 score=float(score),
                 title=titles.get(self._universe_ids[i], ""),
                 reasons=reasons[position] if reasons is not None else None,
+                editions=self._editions(plan, i, listed, titles),
             )
             for position, (i, score) in enumerate(plan.items)
         ]
         strategy = plan.strategy + ("+popular" if plan.filled else "")
         return RecommendResult(strategy=strategy, items=items, user_id=plan.request.user_id)
+
+    def _diversify(self, plan: _Plan, ranked: list[tuple[int, float]]) -> list[tuple[int, float]]:
+        """`n` of the `ranked` candidates re-ranked for the request's `diversity` (lists.mmr on
+        item factors and categories); the first `n` as they are without it."""
+        n, diversity = plan.request.n, plan.request.diversity
+        if diversity <= 0.0 or len(ranked) <= 1:
+            return ranked[:n]
+        items = np.asarray([i for i, _ in ranked], dtype=np.int64)
+        vectors = np.zeros((len(items), self._unit_item_factors.shape[1]))
+        in_model = items < self.n_items
+        vectors[in_model] = self._unit_item_factors[items[in_model]]
+        alike = lists.similarity(vectors, self._category_codes(plan.index)[items])
+        chosen = lists.mmr(np.asarray([v for _, v in ranked]), alike, n, diversity)
+        return [ranked[position] for position in chosen.tolist()]
+
+    def _category_codes(self, index: _CatalogIndex) -> IndexArray:
+        if index.category_codes is None:
+            categories: list[frozenset[str]] = [frozenset()] * self.n_universe
+            for item_id, names in index.catalog.categories.items():
+                found = self._universe_index(item_id)
+                if found is not None:
+                    categories[found] = names
+            index.category_codes = lists.category_codes([sorted(c) for c in categories])
+        return index.category_codes
+
+    def _editions(
+        self, plan: _Plan, item: int, listed: set[int], titles: Mapping[str, str]
+    ) -> list[tuple[str, str]]:
+        """The other editions of `item`'s family that the plan could recommend and does not
+        list: "also as a 训练营"."""
+        if not plan.index.families.has_editions(item):
+            return []
+        return [
+            (self._universe_ids[m], titles.get(self._universe_ids[m], ""))
+            for m in plan.index.families.members(item).tolist()
+            if m not in listed and not plan.blocked[m]
+        ]
 
     def _reasons(self, plan: _Plan, titles: Mapping[str, str]) -> list[list[Reason]]:
         """implicit's `explain` per recommended model item, from the row the user's factors

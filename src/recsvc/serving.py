@@ -49,7 +49,7 @@ from recsvc.config import Settings
 from recsvc.errors import is_database_unavailable
 from recsvc.freshness import FreshUsers
 from recsvc.ingest import Cutoff
-from recsvc.pipeline import feature_config
+from recsvc.pipeline import catalog_families, feature_config
 from recsvc.scorer import (
     CatalogView,
     RecentEvent,
@@ -98,6 +98,22 @@ class _Pending:
         self, request: RecommendRequest, scorer: Scorer, future: asyncio.Future[RecommendResult]
     ) -> None:
         self.request, self.scorer, self.future = request, scorer, future
+
+
+def catalog_view(items: list[ingest.CatalogItem], settings: Settings) -> CatalogView:
+    """What the scorer needs of the catalog, with its course families detected (CPU work: run
+    it in a thread; once per catalog change, never per request)."""
+    family_of = catalog_families(settings, items)
+    members: dict[str, list[str]] = {}
+    for item_id, family in family_of.items():
+        members.setdefault(family, []).append(item_id)
+    return CatalogView(
+        titles={item.item_id: item.title for item in items},
+        categories={item.item_id: frozenset(item.categories) for item in items},
+        unrecommendable=frozenset(i.item_id for i in items if not i.recommendable),
+        families=family_of,
+        family_members={family: tuple(ids) for family, ids in members.items()},
+    )
 
 
 class Serving:
@@ -221,13 +237,10 @@ class Serving:
             }
             self.live.forget_erased(self.erased)
         if items is not None:
-            view = CatalogView(
-                titles={item.item_id: item.title for item in items},
-                categories={item.item_id: frozenset(item.categories) for item in items},
-                unrecommendable=frozenset(i.item_id for i in items if not i.recommendable),
-            )
+            loop = asyncio.get_running_loop()
+            view = await loop.run_in_executor(None, catalog_view, items, self.settings)
             scorer = self.scorer
-            await asyncio.get_running_loop().run_in_executor(None, scorer.prepare_catalog, view)
+            await loop.run_in_executor(None, scorer.prepare_catalog, view)
             self.catalog = view
         self._revisions = revisions
 
@@ -329,7 +342,12 @@ class Serving:
                 pending.future.set_result(result)
 
     async def popular_from_events(
-        self, window_days: float, n: int, categories: frozenset[str] | None, exclude: frozenset[str]
+        self,
+        window_days: float,
+        n: int,
+        categories: frozenset[str] | None,
+        exclude: frozenset[str],
+        max_per_family: int = 1,
     ) -> RecommendResult:
         """Popular items straight from the events table (for a window the model was not built
         with, or before any model exists). The window is rounded up to whole days; the lists of
@@ -353,11 +371,17 @@ class Serving:
                 self._popular_cache.popitem(last=False)
         catalog = self.catalog
         items = []
+        per_family: dict[str, int] = {}
         for item_id, users in cached[1]:
             if item_id in catalog.unrecommendable or item_id in exclude:
                 continue
             if categories is not None and not categories & catalog.categories.get(item_id, set()):
                 continue
+            family = catalog.families.get(item_id)
+            if family is not None:
+                if per_family.get(family, 0) >= max_per_family:
+                    continue
+                per_family[family] = per_family.get(family, 0) + 1
             items.append(Recommendation(item_id, float(users), catalog.titles.get(item_id, "")))
             if len(items) == n:
                 break

@@ -26,6 +26,7 @@ from implicit.cpu.als import AlternatingLeastSquares as CpuAlternatingLeastSquar
 from threadpoolctl import threadpool_limits
 
 from recsvc.features import Confidence, ConfidenceScheme, Interactions, Vocabulary
+from recsvc.lists import mmr, pool_size, rank_in_family, similarity
 
 FloatArray = npt.NDArray[np.float32]
 IndexArray = npt.NDArray[np.int64]
@@ -278,6 +279,83 @@ def _binary(matrix: sp.csr_matrix) -> sp.csr_matrix:
     return result
 
 
+def family_codes(items: Vocabulary, families: Mapping[str, str]) -> IndexArray:
+    """Dense family codes 0..F-1 over the columns of `items`, for `evaluate(family_of=...)`.
+
+    `families` maps item id -> family id for the items that share a family with another
+    (`families.detect_families`); every other item gets a code of its own, so an empty mapping
+    gives one family per item, i.e. evaluation as if there were no families.
+    """
+    labels = [("family", families[i]) if i in families else ("item", i) for i in items.ids]
+    index: dict[tuple[str, str], int] = {}
+    return np.fromiter((index.setdefault(label, len(index)) for label in labels), np.int64)
+
+
+# implicit pads a top-N that runs out of allowed items with filtered ones scored -FLT_MAX
+# (PopularityModel pads with id -1, score -inf). Asking for k x this many candidates makes that
+# common, so served lists drop such entries; plain top-k evaluation keeps today's arithmetic.
+FAMILY_CANDIDATES_PER_SLOT = 5
+_FILTERED_SCORE = float(np.finfo(np.float32).min)
+
+
+def serve_per_family(
+    ids: IndexArray,
+    valid: npt.NDArray[np.bool_],
+    family_of: IndexArray,
+    max_per_family: int,
+    k: int,
+) -> IndexArray:
+    """The lists as a chatbot shows them: walking each ranked candidate row, keep an item unless
+    `max_per_family` items of its family are already kept, and stop at `k` (-1 pads)."""
+    families = np.where(valid, family_of[np.where(valid, ids, 0)], -1) + 1  # 0: invalid slot
+    keep = valid & (rank_in_family(families) < max_per_family)
+    slot = np.cumsum(keep, axis=1) - 1
+    chosen = keep & (slot < k)
+    served = np.full((len(ids), k), -1, dtype=np.int64)
+    r, c = np.nonzero(chosen)
+    served[r, slot[r, c]] = ids[r, c]
+    return served
+
+
+def _diversified(
+    pool: IndexArray,
+    ranked: IndexArray,
+    scores: FloatArray,
+    unit_vectors: FloatArray,
+    categories: IndexArray,
+    k: int,
+    diversity: float,
+) -> IndexArray:
+    """Per row, `k` of the `pool` (family-limited candidates, -1 padded) chosen by `lists.mmr`
+    on their scores (looked up in `ranked`/`scores`), as serving chooses a list."""
+    served = np.full((len(pool), k), -1, dtype=np.int64)
+    for row in range(len(pool)):
+        candidates = pool[row][pool[row] >= 0]
+        if not len(candidates):
+            continue
+        score_of = dict(zip(ranked[row].tolist(), scores[row].tolist(), strict=True))
+        relevance = np.asarray([score_of[i] for i in candidates.tolist()])
+        alike = similarity(unit_vectors[candidates], categories[candidates])
+        chosen = candidates[mmr(relevance, alike, k, diversity)]
+        served[row, : len(chosen)] = chosen
+    return served
+
+
+def _intra_list_distance(
+    ids: IndexArray, valid: npt.NDArray[np.bool_], unit_vectors: FloatArray
+) -> tuple[float, int]:
+    """Sum over lists of 2+ items of their mean pairwise (1 - cosine), and how many lists."""
+    vectors = unit_vectors[np.where(valid, ids, 0)] * valid[..., None]
+    gram = np.einsum("ukf,ujf->ukj", vectors, vectors)
+    n = valid.sum(axis=1)
+    pairs = n * (n - 1) / 2
+    # Sum over i < j of cos = (sum over all i, j - diagonal) / 2.
+    cosine_sum = (gram.sum(axis=(1, 2)) - np.einsum("ukk->u", gram)) / 2
+    scored = pairs > 0
+    distance = 1.0 - cosine_sum[scored] / pairs[scored]
+    return float(distance.sum()), int(scored.sum())
+
+
 def evaluate(
     model: Recommender,
     train: sp.csr_matrix,
@@ -286,6 +364,11 @@ def evaluate(
     exclude: sp.csr_matrix | None = None,
     unrecommendable: IndexArray | None = None,
     batch_size: int = 2048,
+    family_of: IndexArray | None = None,
+    max_per_family: int = 1,
+    item_vectors: FloatArray | None = None,
+    item_categories: IndexArray | None = None,
+    diversity: float = 0.0,
 ) -> Metrics:
     """Top-k metrics over the users that have test items.
 
@@ -295,6 +378,20 @@ def evaluate(
     IDCG over min(|test|, k) positions; AP@k = sum of precision at each hit / min(|test|, k).
     coverage = distinct recommended items / all items. Keys carry "@10" whatever `k` is, as the
     model contract fixes them (docs/design.md §2).
+
+    With `family_of` (a family code per item column, `family_codes`), the lists are scored as
+    served, at most `max_per_family` editions of a course family each (`serve_per_family` on
+    k x FAMILY_CANDIDATES_PER_SLOT candidates): the item-level keys then measure what a learner
+    sees, and three keys are added. family_ndcg@10: a hit is an item of a family that holds any
+    of the user's test items, each family counted once, IDCG over min(|test families|, k) —
+    the edition a learner took need not be the one shown. distinct_families@10: distinct
+    families / items, averaged over non-empty lists. ild@10 (only with `item_vectors`, rows =
+    item columns): mean pairwise 1 - cosine within a list, over lists of 2+ items; any model's
+    lists can be measured with one model's vectors, which keeps the figure comparable.
+    With `diversity` > 0 (and `family_of` and `item_vectors`; `item_categories`, the items'
+    `lists.category_codes`, optional) each list is then chosen from the family-limited candidates
+    by maximal marginal relevance, as serving chooses it (`lists.mmr`).
+    Without `family_of` the arithmetic is exactly the plain top-k one above.
     """
     n_items = train.shape[1]
     seen = _binary(train if exclude is None else train + exclude)
@@ -308,17 +405,52 @@ def evaluate(
     ideal = np.cumsum(discounts)
     totals = dict.fromkeys(("ndcg", "precision", "recall", "map"), 0.0)
     recommended = np.zeros(n_items, dtype=bool)
+    served = family_of is not None
+    if served:
+        if max_per_family < 1:
+            raise ValueError("max_per_family must be >= 1")
+        family_of = np.asarray(family_of, dtype=np.int64)
+        if family_of.shape != (n_items,):
+            raise ValueError("family_of needs one family code per item column")
+        # users x families: which families hold each user's test items
+        in_family = sp.csr_matrix(
+            (np.ones(n_items, dtype=np.float32), (np.arange(n_items), family_of)),
+            shape=(n_items, int(family_of.max(initial=-1)) + 1),
+        )
+        relevant_families = _binary(relevant @ in_family)
+        totals.update(family_ndcg=0.0, distinct=0.0, ild=0.0)
+        n_lists = n_ild_lists = 0
+        unit_vectors = None
+        if item_vectors is not None:
+            norms = np.linalg.norm(item_vectors, axis=1, keepdims=True)
+            unit_vectors = item_vectors / np.where(norms > 0, norms, 1.0)
+    diversify = served and diversity > 0 and unit_vectors is not None
+    if diversify:
+        categories = (
+            np.asarray(item_categories, dtype=np.int64)
+            if item_categories is not None
+            else np.full((n_items, 1), -1, dtype=np.int64)
+        )
     with threadpool_limits(limits=1, user_api="blas"):
         for start in range(0, len(users), batch_size):
             batch = users[start : start + batch_size]
-            ids, _ = model.recommend(
+            ids, scores = model.recommend(
                 batch,
                 seen[batch],
-                N=k,
+                N=min(k * FAMILY_CANDIDATES_PER_SLOT, n_items) if served else k,
                 filter_already_liked_items=True,
                 filter_items=blocked if len(blocked) else None,
             )
             ids = np.asarray(ids, dtype=np.int64)
+            if served:
+                scores = np.asarray(scores, dtype=np.float64)
+                allowed = (ids >= 0) & (scores > _FILTERED_SCORE)
+                if diversify:
+                    size = pool_size(k)
+                    pool = serve_per_family(ids, allowed, family_of, max_per_family, size)
+                    ids = _diversified(pool, ids, scores, unit_vectors, categories, k, diversity)
+                else:
+                    ids = serve_per_family(ids, allowed, family_of, max_per_family, k)
             valid = ids >= 0
             recommended[ids[valid]] = True
             safe_ids = np.where(valid, ids, 0)
@@ -333,15 +465,42 @@ def evaluate(
             totals["ndcg"] += float(((hits @ discounts) / ideal[capped - 1]).sum())
             precision_at = np.cumsum(hits, axis=1) / np.arange(1, k + 1)
             totals["map"] += float(((precision_at * hits).sum(axis=1) / capped).sum())
+            if not served:
+                continue
+
+            families = np.where(valid, family_of[safe_ids], -1)
+            first = valid & (rank_in_family(families + 1) == 0)
+            truth_families = relevant_families[batch]
+            at = (np.arange(len(batch))[:, None], np.where(valid, families, 0))
+            family_hits = (np.asarray(truth_families[at].todense()) > 0) & first
+            capped_families = np.minimum(np.diff(truth_families.indptr), k)
+            totals["family_ndcg"] += float(
+                ((family_hits @ discounts) / ideal[capped_families - 1]).sum()
+            )
+            listed = valid.sum(axis=1)
+            nonempty = listed > 0
+            totals["distinct"] += float((first.sum(axis=1)[nonempty] / listed[nonempty]).sum())
+            n_lists += int(nonempty.sum())
+            if unit_vectors is not None:
+                distance, n_scored = _intra_list_distance(ids, valid, unit_vectors)
+                totals["ild"] += distance
+                n_ild_lists += n_scored
 
     n_users = max(len(users), 1)
-    return {
+    metrics = {
         "ndcg@10": totals["ndcg"] / n_users,
         "precision@10": totals["precision"] / n_users,
         "recall@10": totals["recall"] / n_users,
         "map@10": totals["map"] / n_users,
         "coverage": float(recommended.sum()) / max(n_items, 1),
     }
+    if served:
+        metrics["family_ndcg@10"] = totals["family_ndcg"] / n_users
+        metrics["distinct_families@10"] = totals["distinct"] / max(n_lists, 1)
+        if unit_vectors is not None:
+            # No NaN when no list has two items (JSON has no NaN): 0, nothing diverse shown.
+            metrics["ild@10"] = totals["ild"] / max(n_ild_lists, 1)
+    return metrics
 
 
 # --------------------------------------------------------------------------------------------
@@ -389,8 +548,14 @@ def evaluate_active(
     holdout: Holdout,
     negatives: sp.csr_matrix | None = None,
     k: int = 10,
+    family_of: IndexArray | None = None,
+    item_vectors: FloatArray | None = None,
+    max_per_family: int = 1,
+    item_categories: IndexArray | None = None,
+    diversity: float = 0.0,
 ) -> Metrics:
-    """The active model scored on a split built from newer data.
+    """The active model scored on a split built from newer data (served lists with
+    `family_of`, both that and `item_vectors` over the split's item columns: see `evaluate`).
 
     Every user is folded in from their train rows exactly as serving folds in a user with new
     events (`fold_in_users`, the active model's fitted confidence, items it does not know left
@@ -417,7 +582,19 @@ def evaluate_active(
     aligned[position[known]] = active.item_factors[known]
     unknown = np.setdiff1d(np.arange(len(items)), position[known])
     model = als_from_factors(user_factors, aligned, active.params)
-    return evaluate(model, holdout.train, holdout.test, k, negatives, unknown)
+    return evaluate(
+        model,
+        holdout.train,
+        holdout.test,
+        k,
+        negatives,
+        unknown,
+        family_of=family_of,
+        max_per_family=max_per_family,
+        item_vectors=item_vectors,
+        item_categories=item_categories,
+        diversity=diversity,
+    )
 
 
 def _to_model_items(
@@ -465,17 +642,49 @@ def compare_with_active(
     interactions: Interactions,
     holdout: Holdout,
     k: int = 10,
+    family_of: IndexArray | None = None,
+    item_vectors: FloatArray | None = None,
+    max_per_family: int = 1,
+    item_categories: IndexArray | None = None,
+    diversity: float = 0.0,
 ) -> Comparison:
+    """Both models on the same lists: as served when `family_of` is given (see `evaluate`)."""
     fresh = Holdout(holdout.train, unseen_by(active, interactions, holdout.test))
     if fresh.n_test_users < MIN_COMPARISON_USERS:
-        return Comparison("recorded", candidate_metrics, dict(active.metrics), 0)
+        return Comparison("recorded", *_like_for_like(candidate_metrics, dict(active.metrics)), 0)
     negatives = interactions.negatives
+    served = {
+        "family_of": family_of,
+        "item_vectors": item_vectors,
+        "max_per_family": max_per_family,
+        "item_categories": item_categories,
+        "diversity": diversity,
+    }
     return Comparison(
         "unseen_pairs",
-        evaluate(candidate, fresh.train, fresh.test, k, negatives),
-        evaluate_active(active, interactions.items, fresh, negatives, k),
+        evaluate(candidate, fresh.train, fresh.test, k, negatives, **served),
+        evaluate_active(active, interactions.items, fresh, negatives, k, **served),
         fresh.n_test_users,
     )
+
+
+def _like_for_like(candidate: Metrics, active: Metrics) -> tuple[Metrics, Metrics]:
+    """Recorded metrics of two versions, ndcg@10 made comparable when only one was measured on
+    served (family-deduplicated) lists: that one's plain top-k figure, item_ndcg@10, stands in.
+    Otherwise the first version trained with families would be judged on different lists than
+    the version it replaces, and the activation rule would compare unlike numbers."""
+
+    def plain(metrics: Metrics) -> Metrics:
+        if "item_ndcg@10" in metrics:
+            return {**metrics, "ndcg@10": metrics["item_ndcg@10"]}
+        return metrics
+
+    served_candidate, served_active = "family_ndcg@10" in candidate, "family_ndcg@10" in active
+    if served_candidate and not served_active:
+        return plain(candidate), active
+    if served_active and not served_candidate:
+        return candidate, plain(active)
+    return candidate, active
 
 
 def sample_test_users(holdout: Holdout, max_users: int | None, seed: int) -> Holdout:
@@ -528,9 +737,23 @@ def train_model(
     active: ActiveModel | None = None,
     k: int = 10,
     max_eval_users: int | None = 50_000,
+    family_of: IndexArray | None = None,
+    max_per_family: int = 1,
+    item_categories: IndexArray | None = None,
+    diversity: float = 0.0,
 ) -> TrainedModel:
     """Evaluate candidate, popularity and (optionally) the active model on one holdout, then
-    refit the candidate on all interactions; the refit model is the one returned."""
+    refit the candidate on all interactions; the refit model is the one returned.
+
+    With `family_of` (`family_codes` over `interactions.items`) every model is scored on its
+    lists as served, at most `max_per_family` editions per course family, so the recorded
+    ndcg@10 and the activation rule judge what learners see; candidate and popularity also
+    record item_ndcg@10, the plain top-k figure on the same split, to compare with versions
+    trained without families. ild@10 is measured with the candidate's holdout item factors for
+    every model. With `diversity` the ALS lists are re-ranked by maximal marginal relevance as
+    serving re-ranks them (`item_categories`: the items' `lists.category_codes`); popular lists are
+    not, as served.
+    """
     params = params or ALSParams()
     clock = time.perf_counter
     seconds: dict[str, float] = {}
@@ -548,11 +771,28 @@ def train_model(
     seconds["fit_holdout"] = clock() - start
 
     start = clock()
-    metrics = evaluate(candidate, holdout.train, holdout.test, k, interactions.negatives)
-    baseline = PopularityModel.fit(holdout.train)
-    baseline_metrics = evaluate(baseline, holdout.train, holdout.test, k, interactions.negatives)
+    served: dict[str, Any] = {}
+    if family_of is not None:
+        served = {
+            "family_of": family_of,
+            "item_vectors": np.asarray(candidate.item_factors),
+            "max_per_family": max_per_family,
+            "item_categories": item_categories,
+            "diversity": diversity,
+        }
+
+    def score(model: Recommender, diversified: bool = True) -> Metrics:
+        options = served if diversified else {**served, "diversity": 0.0}
+        result = evaluate(model, holdout.train, holdout.test, k, interactions.negatives, **options)
+        if served:
+            plain = evaluate(model, holdout.train, holdout.test, k, interactions.negatives)
+            result["item_ndcg@10"] = plain["ndcg@10"]
+        return result
+
+    metrics = score(candidate)
+    baseline_metrics = score(PopularityModel.fit(holdout.train), diversified=False)
     comparison = (
-        compare_with_active(candidate, metrics, active, interactions, holdout, k)
+        compare_with_active(candidate, metrics, active, interactions, holdout, k, **served)
         if active is not None
         else None
     )

@@ -1,0 +1,117 @@
+"""What makes a list a person wants to read, shared by serving (scorer.py) and offline
+evaluation (training.py), so that the holdout metrics measure the lists as served:
+
+* `rank_in_family`: each ranked item's place among the items of its course family before it,
+  the basis of "at most `max_per_family` editions of one course in a list";
+* `mmr`: maximal marginal relevance, which trades a little score for items unlike the ones
+  already chosen (item factors and categories), `diversity` in [0, 1] saying how much.
+
+numpy only: no web, no database.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+IndexArray = npt.NDArray[np.int64]
+FloatArray = npt.NDArray[np.float64]
+
+
+_SHORT = 256  # up to this many ranked items, `rank_in_family` counts in Python
+
+
+def pool_size(n: int) -> int:
+    """Candidates diversity chooses a list of `n` from, in serving and in evaluation alike."""
+    return max(2 * n, 20)
+
+
+def rank_in_family(families: IndexArray) -> IndexArray:
+    """Per row of `families` (family codes of ranked items, best first; 1-D or 2-D), how many
+    items to the left carry the same code: 0 for a family's best item."""
+    if np.ndim(families) == 1 and len(families) <= _SHORT:
+        # A served list's few candidates: a Python pass beats a dozen numpy calls.
+        seen: dict[int, int] = {}
+        ranks = []
+        for family in families.tolist():
+            rank = seen.get(family, 0)
+            ranks.append(rank)
+            seen[family] = rank + 1
+        return np.asarray(ranks, dtype=np.int64)
+    codes = np.atleast_2d(np.asarray(families, dtype=np.int64))
+    n_rows, width = codes.shape
+    base = codes - codes.min(initial=0)
+    flat = (np.arange(n_rows)[:, None] * (int(base.max(initial=0)) + 1) + base).ravel()
+    order = np.argsort(flat, kind="stable")  # stable: within a family, left to right
+    ordered = flat[order]
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]]) if len(flat) else flat
+    sizes = np.diff(np.r_[starts, len(ordered)])
+    rank = np.empty(len(flat), dtype=np.int64)
+    rank[order] = np.arange(len(flat)) - np.repeat(starts, sizes)
+    result: IndexArray = rank.reshape(codes.shape)
+    return result if np.ndim(families) == 2 else result[0]
+
+
+# Categories per item that count for similarity (the first ones the catalog lists).
+MAX_CATEGORIES = 8
+
+
+def category_codes(categories: Sequence[Sequence[str]]) -> IndexArray:
+    """Items' categories as codes, one row per item, padded with -1: what `similarity` reads
+    (at most MAX_CATEGORIES per item)."""
+    codes: dict[str, int] = {}
+    result = np.full((len(categories), MAX_CATEGORIES), -1, dtype=np.int64)
+    for row, names in enumerate(categories):
+        for column, name in enumerate(list(dict.fromkeys(names))[:MAX_CATEGORIES]):
+            result[row, column] = codes.setdefault(name, len(codes))
+    return result
+
+
+def similarity(unit_vectors: FloatArray, categories: IndexArray) -> FloatArray:
+    """How alike items are, in [0, 1]: the mean of their factor cosine (negative counts as 0;
+    rows of zeros for items without factors) and the Jaccard overlap of their category sets
+    (rows of `category_codes`). Dense and small: a list's candidates only."""
+    alike: FloatArray = unit_vectors @ unit_vectors.T
+    np.clip(alike, 0.0, 1.0, out=alike)
+    present = categories >= 0
+    if present.any():
+        # The candidates' categories one-hot over the few codes they use: shared = B @ B.T.
+        used, column = np.unique(categories[present], return_inverse=True)
+        one_hot = np.zeros((len(categories), len(used)))
+        one_hot[np.nonzero(present)[0], column] = 1.0
+        shared = one_hot @ one_hot.T
+        sizes = one_hot.sum(axis=1)
+        union = sizes[:, None] + sizes[None, :] - shared
+        alike += np.divide(shared, union, out=np.zeros_like(shared), where=union > 0)
+    alike *= 0.5
+    return alike
+
+
+def mmr(relevance: FloatArray, alike: FloatArray, n: int, diversity: float) -> IndexArray:
+    """Positions of `n` of the candidates (best first), chosen greedily by maximal marginal
+    relevance: (1 - diversity) * relevance - diversity * (similarity to the most alike item
+    already chosen). Relevance is min-max scaled over the candidates first, so `diversity`
+    means the same for every strategy's scores. 0 keeps the ranking as it is."""
+    count = len(relevance)
+    n = min(n, count)
+    if diversity <= 0.0 or n <= 1:
+        return np.arange(n, dtype=np.int64)
+    low, high = float(relevance.min()), float(relevance.max())
+    scaled = (relevance - low) / (high - low) if high > low else np.ones(count)
+    # A list's few candidates: plain Python beats numpy's per-call overhead here.
+    gain = ((1.0 - diversity) * scaled).tolist()
+    penalty = (diversity * alike).tolist()
+    value = list(gain)  # marginal relevance, lowered as similar items are chosen
+    chosen: list[int] = []
+    for _ in range(n):
+        best = max(range(count), key=value.__getitem__)  # ties: the better ranked candidate
+        chosen.append(best)
+        value[best] = -math.inf
+        for j, lowered in enumerate(penalty[best]):
+            # the most alike chosen item only gets closer: value = gain - that similarity
+            if gain[j] - lowered < value[j]:
+                value[j] = gain[j] - lowered
+    return np.asarray(chosen, dtype=np.int64)
