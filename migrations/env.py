@@ -3,6 +3,7 @@
 import asyncio
 
 from alembic import context
+from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.pool import NullPool
 
@@ -12,7 +13,15 @@ from recsvc.db import Base, make_engine
 target_metadata = Base.metadata
 
 
+# Any constant shared by every recsvc process: migrations on one PostgreSQL database run one
+# at a time, so replicas starting together on a new database or after an upgrade do not race
+# (the second waits, then finds the schema current). Released when the transaction ends.
+_MIGRATION_LOCK = 0x7265637376  # "recsv"
+
+
 def _run(connection: Connection) -> None:
+    if connection.dialect.name == "postgresql":
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})
     context.configure(
         connection=connection,
         target_metadata=target_metadata,

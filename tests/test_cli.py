@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
+import os
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -98,3 +103,93 @@ def test_items_csv_lists_and_extra_columns(
 def as_json(value: object) -> object:
     """JSON columns come back as text from SQLite and as objects from PostgreSQL."""
     return json.loads(value) if isinstance(value, str) else value
+
+
+# --- what a person reads -----------------------------------------------------------------------
+
+
+def run_recsvc(*args: str, database_url: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RECSVC_")}
+    env["RECSVC_DATABASE_URL"] = database_url
+    return subprocess.run(  # noqa: S603
+        [sys.executable, "-m", "recsvc", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_train_on_an_empty_database_says_so_in_one_line(tmp_path: Path) -> None:
+    done = run_recsvc("train", database_url=f"sqlite+aiosqlite:///{tmp_path / 'empty.db'}")
+    assert done.returncode == 1
+    assert done.stdout == ""
+    assert done.stderr.splitlines() == ["recsvc train: there are no events to train on yet"]
+
+
+def test_migrate_is_quiet_unless_verbose(tmp_path: Path) -> None:
+    quiet = run_recsvc("migrate", database_url=f"sqlite+aiosqlite:///{tmp_path / 'a.db'}")
+    assert quiet.returncode == 0 and quiet.stderr == ""
+    assert quiet.stdout.startswith(f"database at revision {db.head_revision()}")
+    verbose = run_recsvc(
+        "migrate", "--verbose", database_url=f"sqlite+aiosqlite:///{tmp_path / 'b.db'}"
+    )
+    assert verbose.returncode == 0 and "Running upgrade" in verbose.stderr
+
+
+def test_expected_failures_are_one_line_without_a_traceback(tmp_path: Path) -> None:
+    unreachable = "postgresql+asyncpg://postgres@127.0.0.1:1/nowhere"
+    down = run_recsvc("migrate", database_url=unreachable)
+    assert down.returncode == 1
+    assert down.stderr.startswith(f"recsvc migrate: cannot reach the database at {unreachable}")
+    assert len(down.stderr.splitlines()) == 1
+
+    sqlite = f"sqlite+aiosqlite:///{tmp_path / 'c.db'}"
+    missing = run_recsvc("import", "events", str(tmp_path / "nope.csv"), database_url=sqlite)
+    assert missing.returncode == 1
+    assert missing.stderr.splitlines() == [f"recsvc import: no such file: {tmp_path / 'nope.csv'}"]
+
+    env_bad = {**os.environ, "RECSVC_ALS_FACTORS": "0", "RECSVC_DATABASE_URL": sqlite}
+    bad = subprocess.run(  # noqa: S603
+        [sys.executable, "-m", "recsvc", "train"],
+        env=env_bad,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert bad.returncode == 1
+    assert bad.stderr.splitlines() == [
+        "recsvc train: invalid setting: RECSVC_ALS_FACTORS: Input should be greater than or "
+        "equal to 1"
+    ]
+    for done in (down, missing, bad):
+        assert "Traceback" not in done.stderr
+
+
+def test_every_takes_a_duration() -> None:
+    assert cli.duration("90") == 90 and cli.duration("30m") == 1800
+    assert cli.duration("6h") == 6 * 3600 and cli.duration("1d") == 86400
+    for bad in ("5s", "soon", "h"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            cli.duration(bad)
+
+
+def test_train_every_keeps_going_after_a_failed_run_and_stops_on_sigterm(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RECSVC_")}
+    env["RECSVC_DATABASE_URL"] = f"sqlite+aiosqlite:///{tmp_path / 'empty.db'}"
+    with subprocess.Popen(  # noqa: S603
+        [sys.executable, "-m", "recsvc", "train", "--every", "1m"],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as proc:
+        assert proc.stderr is not None
+        first = proc.stderr.readline()
+        second = proc.stderr.readline()
+        assert proc.poll() is None  # still running after the failed run
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+    assert first == "recsvc train: there are no events to train on yet\n"
+    assert second.startswith("next training in ") and second.endswith(" s\n")

@@ -54,7 +54,10 @@ async def test_health_and_readiness(client: httpx.AsyncClient) -> None:
 async def test_metrics_key_when_required(settings: Settings) -> None:
     app = create_app(settings.model_copy(update={"metrics_require_key": True}))
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    async with httpx.AsyncClient(transport=transport, base_url="http://recsvc") as c:
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://recsvc") as c,
+    ):
         assert (await c.get("/metrics")).status_code == 401
         assert (await c.get("/metrics", headers=READ)).status_code == 403
         assert (await c.get("/metrics", headers=OPS)).status_code == 200

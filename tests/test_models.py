@@ -215,15 +215,12 @@ def test_killed_training_leaves_no_version_and_the_active_model(
 
     # Slow enough to be killed in the middle of the fit.
     slow = {**env, "RECSVC_ALS_ITERATIONS": "200", "RECSVC_ALS_FACTORS": "1024"}
-    with subprocess.Popen(
-        [sys.executable, "-m", "recsvc", "train", "--force"],
-        env=slow,
-        stderr=subprocess.PIPE,
-        text=True,
-    ) as proc:
-        assert proc.stderr is not None
-        while "started" not in proc.stderr.readline():
-            pass
+    running = "SELECT count(*) FROM training_jobs WHERE state = 'running'"
+    with subprocess.Popen([sys.executable, "-m", "recsvc", "train", "--force"], env=slow) as proc:
+        deadline = time.monotonic() + 60
+        while asyncio.run(scalar(demo.database_url, running)) == 0:
+            assert proc.poll() is None and time.monotonic() < deadline, "training never started"
+            time.sleep(0.1)
         time.sleep(2.0)
         proc.send_signal(signal.SIGKILL)
         assert proc.wait() == -signal.SIGKILL  # killed mid-training, not finished

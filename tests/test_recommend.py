@@ -326,10 +326,10 @@ async def test_a_corrupt_activated_model_is_refused_and_the_old_one_serves(
     assert serving.version == serving_before
     (trained.models_dir / newer / "factors.npz").write_bytes(b"garbage")
     await activate_behind_the_api(trained.database_url, newer)
-    failures = metrics.MODEL_LOAD_FAILURES._value.get()
+    failures = metrics.ARTIFACT_LOAD_FAILURES._value.get()
     await serving.refresh()
     assert serving.version == serving_before
-    assert metrics.MODEL_LOAD_FAILURES._value.get() == failures + 1
+    assert metrics.ARTIFACT_LOAD_FAILURES._value.get() == failures + 1
     ready = (await live.get("/readyz")).json()
     assert ready["model"] == serving_before
     assert newer in ready["model_error"]

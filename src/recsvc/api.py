@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import pathlib
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated, Any, TypeVar
 
@@ -12,7 +13,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from recsvc import artifact, db, ingest, jobs, metrics, registry, scorer
+from recsvc import access, artifact, db, ingest, jobs, metrics, registry, scorer
 from recsvc.auth import require, require_metrics_access
 from recsvc.config import Settings
 from recsvc.errors import (
@@ -112,7 +113,7 @@ def parsed(model: type[Model]) -> Callable[[Request], Awaitable[Model]]:
         except ValidationError as exc:
             errors = validation_errors(exc.errors(include_url=False, include_input=False))
             if model is EventBatch:
-                metrics.EVENTS_REJECTED_BATCHES.inc()
+                count_rejected_events(body, request.app.state.rules)
             if any(e["type"] == "json_invalid" for e in errors):
                 raise InvalidInput("the body is not valid JSON", errors=errors) from None
             raise InvalidInput(
@@ -120,6 +121,23 @@ def parsed(model: type[Model]) -> Callable[[Request], Awaitable[Model]]:
             ) from None
 
     return parse
+
+
+def count_rejected_events(body: bytes, rules: ValidationRules) -> None:
+    """recsvc_events_total{outcome="rejected"}: every event of a refused batch, by its type
+    (`unknown` when the type is not an allowed one, or the body is not a list of events)."""
+    try:
+        events = orjson.loads(body).get("events")
+    except (orjson.JSONDecodeError, AttributeError):
+        events = None
+    if not isinstance(events, list):
+        metrics.EVENTS.labels("unknown", "rejected").inc()
+        return
+    allowed = rules.event_types
+    for event in events:
+        kind = event.get("type") if isinstance(event, dict) else None
+        known = isinstance(kind, str) and kind in allowed
+        metrics.EVENTS.labels(kind if known else "unknown", "rejected").inc()
 
 
 # --- routes -------------------------------------------------------------------------------------
@@ -185,8 +203,20 @@ async def readyz(request: Request, response: Response) -> Readiness:
     response_class=Response,
     dependencies=[Depends(require_metrics_access)],
 )
-async def prometheus_metrics() -> Response:
-    """Prometheus text format. Needs an admin key when RECSVC_METRICS_REQUIRE_KEY=true."""
+async def prometheus_metrics(request: Request) -> Response:
+    """Prometheus text format, summed over every worker of this server. Needs an admin key
+    when RECSVC_METRICS_REQUIRE_KEY=true."""
+    state = request.app.state
+    state.serving.observe()
+    try:
+        async with state.sessionmaker() as session:
+            deployment = await registry.deployment(session)
+    except Exception as exc:  # the scrape still answers; these gauges keep their last values
+        if not is_database_unavailable(exc):
+            raise
+        metrics.DATABASE_UP.set(0)
+    else:
+        metrics.publish_deployment(deployment)
     body, content_type = metrics.render()
     return Response(body, media_type=content_type)
 
@@ -212,13 +242,18 @@ async def post_events(
     """Store a batch of 1..1000 events, all or nothing, committed durably before answering 202
     (PostgreSQL with synchronous_commit on; SQLite with synchronous=FULL).
     A repeated `event_id` is counted in `duplicates` and not stored again."""
-    accepted, duplicates = await ingest.insert_events(session, batch.events)
+    inserted = await ingest.insert_events(session, batch.events)
     await session.commit()  # durable before the 202 goes out
     # This worker's next recommendations see them at once (others by NOTIFY).
     request.app.state.serving.fresh_users.add(event.user_id for event in batch.events)
-    metrics.EVENTS_ACCEPTED.inc(accepted)
-    metrics.EVENTS_DUPLICATE.inc(duplicates)
-    return IngestResult(accepted=accepted, duplicates=duplicates)
+    sent = Counter(event.type for event in batch.events)
+    for event_type, count in sent.items():
+        accepted = inserted.accepted_types[event_type]
+        if accepted:
+            metrics.EVENTS.labels(event_type, "accepted").inc(accepted)
+        if count > accepted:
+            metrics.EVENTS.labels(event_type, "duplicate").inc(count - accepted)
+    return IngestResult(accepted=inserted.accepted, duplicates=inserted.duplicates)
 
 
 @v1.get(
@@ -508,7 +543,8 @@ def _recommendations(
     result: scorer.RecommendResult, user_id: str | None, version: str | None
 ) -> Response:
     """Serialised straight to JSON: this is the hot path (shape: schemas.Recommendations)."""
-    metrics.STRATEGY.labels(result.strategy).inc()
+    metrics.RECOMMENDATIONS.labels(result.strategy).inc()
+    access.note(strategy=result.strategy, model_version=version)
     items = []
     for item in result.items:
         entry: dict[str, Any] = {"item_id": item.item_id, "score": item.score, "title": item.title}

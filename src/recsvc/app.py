@@ -1,4 +1,5 @@
-"""The FastAPI application: `create_app()` wires settings, database, routes, errors, metrics.
+"""The FastAPI application: `create_app()` wires settings, database, routes, errors, access
+records (request ids, logs, metrics).
 
 The lifespan builds the engine and shared state and disposes them on shutdown; nothing touches
 the database at import time.
@@ -18,11 +19,11 @@ from fastapi.openapi.utils import get_openapi
 from pydantic.json_schema import models_json_schema
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from recsvc import __version__, db, jobs
+from recsvc import __version__, db, jobs, metrics
+from recsvc.access import AccessMiddleware
 from recsvc.api import DOC_MODELS, ops, v1
 from recsvc.config import Settings, get_settings
 from recsvc.errors import PayloadTooLarge, install_handlers, problem_response
-from recsvc.metrics import MetricsMiddleware
 from recsvc.schemas import ValidationRules
 from recsvc.serving import SWITCH_INTERVAL_SECONDS, Serving
 
@@ -92,6 +93,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await asyncio.gather(*background, return_exceptions=True)
             await serving.close()
             await engine.dispose()
+            metrics.worker_exiting()
 
     app = FastAPI(
         title="recsvc",
@@ -112,7 +114,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(v1)
     install_handlers(app, settings.db_retry_after_seconds)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
-    app.add_middleware(MetricsMiddleware)
+    # Outermost: the request id, access line and HTTP metrics cover every response.
+    app.add_middleware(AccessMiddleware, retry_after_seconds=settings.db_retry_after_seconds)
     app.openapi = lambda: openapi_document(app)  # type: ignore[method-assign]
     return app
 

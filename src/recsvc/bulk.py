@@ -173,9 +173,9 @@ async def run_import(
             return
         async with sessionmaker() as session, session.begin():
             if kind == "events":
-                stored, dup = await ingest.insert_events(session, pending)
-                report.stored += stored
-                report.duplicates += dup
+                inserted = await ingest.insert_events(session, pending)
+                report.stored += inserted.accepted
+                report.duplicates += inserted.duplicates
             elif kind == "items":
                 report.stored += await ingest.put_items(session, pending)
             else:

@@ -6,15 +6,21 @@ import argparse
 import asyncio
 import logging
 import math
+import os
+import shutil
+import signal
 import sys
+import tempfile
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from recsvc import db
+from recsvc import db, logs
 from recsvc.config import Settings, get_settings
 
 log = logging.getLogger("recsvc")
@@ -24,7 +30,15 @@ def _settings() -> Settings:
     try:
         return get_settings()
     except ValidationError as exc:
-        raise SystemExit(f"recsvc: invalid RECSVC_* setting:\n{exc}") from None
+        problems = "; ".join(
+            f"RECSVC_{'_'.join(str(p) for p in e['loc']).upper() or '*'}: {e['msg']}"
+            for e in exc.errors(include_url=False)
+        )
+        raise CommandError(f"invalid setting: {problems}") from None
+
+
+class CommandError(Exception):
+    """An expected failure of a command: printed as one line, exit code 1."""
 
 
 @asynccontextmanager
@@ -85,16 +99,45 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if not getattr(args, "ignore_connection_limit", False):
             raise SystemExit(f"recsvc serve: {problem}")
         log.warning("starting anyway (--ignore-connection-limit): %s", problem)
-    uvicorn.run(
-        "recsvc.app:create_app",
-        factory=True,
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        log_level=args.log_level,
-        access_log=False,
-    )
+    metrics_dir = fresh_metrics_directory()
+    previous = os.environ.get(MULTIPROC_ENV)
+    if metrics_dir is not None:
+        os.environ[MULTIPROC_ENV] = str(metrics_dir)
+    try:
+        uvicorn.run(
+            "recsvc.app:create_app",
+            factory=True,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            log_config=logs.config(settings.log_format or "json", args.log_level, args.verbose),
+            log_level=args.log_level,
+            access_log=False,
+            timeout_graceful_shutdown=settings.shutdown_grace_seconds,
+        )
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+            if previous is None:
+                os.environ.pop(MULTIPROC_ENV, None)
+            else:
+                os.environ[MULTIPROC_ENV] = previous
     return 0
+
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def fresh_metrics_directory() -> Path | None:
+    """Each start of `recsvc serve` gets its own empty PROMETHEUS_MULTIPROC_DIR (set in the
+    environment its workers inherit), so that any worker answers a scrape with the sum over all
+    of them (metrics.py). prometheus-client chooses its value store when it is imported, so in
+    a process that imported it already (recsvc used as a library, tests) there is none: the
+    values stay that process's own."""
+    if "prometheus_client" in sys.modules:
+        log.warning("prometheus_client is already imported: metrics count this process only")
+        return None
+    return Path(tempfile.mkdtemp(prefix="recsvc-metrics-"))
 
 
 def cmd_import(args: argparse.Namespace) -> int:
@@ -161,15 +204,13 @@ async def _train(settings: Settings, force: bool) -> int:
             except Conflict as exc:
                 print(f"recsvc train: {exc.detail}", file=sys.stderr)
                 return 2
-        print(f"training job {job.job_id} started", file=sys.stderr)
         try:
             outcome = await pipeline.run_job(settings, sessionmaker, job.job_id, force)
-        except Exception as exc:
-            print(f"recsvc train: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-            return 1
+        except pipeline.NoData as exc:
+            raise CommandError(str(exc)) from None
     print(
-        f"version {outcome.version}: {outcome.n_users:,} users, {outcome.n_items:,} items, "
-        f"{outcome.n_events:,} events"
+        f"version {outcome.version} (job {job.job_id}): {outcome.n_users:,} users, "
+        f"{outcome.n_items:,} items, {outcome.n_events:,} events"
     )
     holdout = {"als (candidate)": outcome.metrics, "popularity": outcome.baseline_metrics}
     if "family_ndcg@10" in outcome.metrics:
@@ -204,7 +245,37 @@ async def _train(settings: Settings, force: bool) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    return asyncio.run(_train(_settings(), args.force))
+    settings = _settings()
+    if args.every is None:
+        return asyncio.run(_train(settings, args.force))
+    # A scheduled trainer (e.g. compose's `trainer` service): train now and then every
+    # DURATION, whatever one run's outcome; SIGTERM ends it with exit code 0.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    while True:
+        started = time.monotonic()
+        try:
+            asyncio.run(_train(settings, args.force))
+        except Exception as exc:
+            if args.verbose:
+                log.exception("training failed")
+            else:
+                print(f"recsvc train: {describe(exc, settings)}", file=sys.stderr)
+        pause = max(0.0, args.every - (time.monotonic() - started))
+        print(f"next training in {pause:,.0f} s", file=sys.stderr, flush=True)
+        time.sleep(pause)
+
+
+def duration(text: str) -> float:
+    """'90' or '90s', '30m', '6h', '1d' -> seconds (at least 60)."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    number, unit = (text[:-1], text[-1]) if text[-1:] in units else (text, "s")
+    try:
+        seconds = float(number) * units[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 30m, 6h, 1d)") from None
+    if seconds < 60:
+        raise argparse.ArgumentTypeError("at least 60 seconds")
+    return seconds
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -340,8 +411,18 @@ def build_parser() -> argparse.ArgumentParser:
         "RECSVC_* environment variables (see README).",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="also print Alembic's migration lines and tracebacks of failures",
+    )
 
-    serve = sub.add_parser("serve", help="migrate the database if needed, then serve the API")
+    def command(name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[common], **kwargs)
+
+    serve = command("serve", help="migrate the database if needed, then serve the API")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
     serve.add_argument("--port", type=int, default=8000, help="port to listen on")
     serve.add_argument("--workers", type=int, default=1, help="worker processes")
@@ -354,10 +435,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", default="info", help="uvicorn log level")
     serve.set_defaults(func=cmd_serve)
 
-    migrate = sub.add_parser("migrate", help="upgrade the database schema to the latest version")
+    migrate = command("migrate", help="upgrade the database schema to the latest version")
     migrate.set_defaults(func=cmd_migrate)
 
-    imp = sub.add_parser(
+    imp = command(
         "import",
         help="bulk load events, items or users from CSV or JSON lines",
         description="Rows go through the same validation as the API; rejected rows are listed "
@@ -370,7 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--quiet", action="store_true", help="no progress bar")
     imp.set_defaults(func=cmd_import)
 
-    train = sub.add_parser(
+    train = command(
         "train",
         help="train a model from the stored events, evaluate it, activate it if not worse",
         description="Builds features from all events, evaluates ALS against the popularity "
@@ -379,15 +460,22 @@ def build_parser() -> argparse.ArgumentParser:
         "active model on ndcg@10. Exit code 1 when training fails, 2 when a job is running.",
     )
     train.add_argument("--force", action="store_true", help="activate even if worse")
+    train.add_argument(
+        "--every",
+        type=duration,
+        metavar="DURATION",
+        help="keep running: train now and then every DURATION (e.g. 30m, 6h, 1d), also after "
+        "a failed run; SIGTERM stops it",
+    )
     train.set_defaults(func=cmd_train)
 
-    evaluate = sub.add_parser(
+    evaluate = command(
         "evaluate",
         help="offline metrics of the active model and the popularity baseline, fresh holdout",
     )
     evaluate.set_defaults(func=cmd_evaluate)
 
-    tune = sub.add_parser(
+    tune = command(
         "tune",
         help="search ALS hyperparameters within a time budget and keep the best for training",
         description="Tries factors, regularization, alpha and the confidence weighting on a "
@@ -398,7 +486,7 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--budget", type=float, default=300, help="seconds to spend (default 300)")
     tune.set_defaults(func=cmd_tune)
 
-    demo = sub.add_parser(
+    demo = command(
         "demo",
         help="load the bundled online-education data set, train, and serve, in one command",
         description="Uses RECSVC_DATABASE_URL (default ./recsvc.db). Prints an API key (or uses "
@@ -408,13 +496,45 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--port", type=int, default=8000, help="port to listen on")
     demo.set_defaults(func=cmd_demo)
 
-    spec = sub.add_parser("openapi", help="write the OpenAPI document the service serves")
+    spec = command("openapi", help="write the OpenAPI document the service serves")
     spec.add_argument("-o", "--output", default="openapi.yaml", help="file, or - for stdout")
     spec.set_defaults(func=cmd_openapi)
     return parser
 
 
+def describe(exc: BaseException, settings: Settings | None = None) -> str:
+    """One line about why a command failed."""
+    from recsvc.errors import is_database_unavailable
+
+    if isinstance(exc, CommandError):
+        return str(exc)
+    if isinstance(exc, FileNotFoundError):
+        return f"no such file: {exc.filename}"
+    if isinstance(exc, OSError) and exc.filename is not None:
+        return f"cannot read {exc.filename}: {exc.strerror}"
+    if is_database_unavailable(exc):
+        where = _redacted(settings.database_url) if settings is not None else "the database"
+        return f"cannot reach the database at {where} ({type(exc).__name__}: {exc})"
+    return f"{type(exc).__name__}: {exc} (run with --verbose for the traceback)"
+
+
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    try:
+        log_format = get_settings().log_format or "text"
+    except ValidationError:
+        log_format = "text"  # the command reports the bad setting itself
+    logs.configure(log_format, verbose=args.verbose)
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        if args.verbose:
+            raise
+        try:
+            settings = get_settings()
+        except ValidationError:
+            settings = None
+        print(f"recsvc {args.command}: {describe(exc, settings)}", file=sys.stderr)
+        return 1

@@ -155,6 +155,18 @@ class Settings(BaseSettings):
 
     # Operations
     db_retry_after_seconds: int = Field(5, ge=1, description="Retry-After sent with 503")
+    log_format: Literal["json", "text"] | None = Field(
+        None,
+        description="json: one JSON object per log line; text: for people. Unset: json for "
+        "`recsvc serve`, text for the other commands",
+    )
+    shutdown_grace_seconds: float = Field(
+        10,
+        ge=0,
+        le=600,
+        description="after SIGTERM, how long in-flight requests may take before connections "
+        "are closed anyway",
+    )
 
     @field_validator("api_keys")
     @classmethod

@@ -10,8 +10,10 @@
      └── ServiceUnavailable  503  with Retry-After
 
 Services raise these, never HTTPException; `install_handlers` turns them (and FastAPI's own
-validation errors, unknown routes, wrong methods, database outages and anything unexpected)
-into `application/problem+json`. A response never carries a stack trace.
+validation errors, unknown routes and wrong methods) into `application/problem+json`, and
+`unexpected_error_response` does the same for database outages and anything unexpected
+(called by access.AccessMiddleware). A response never carries a stack trace; a problem carries
+the request id.
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Scope
+
+from recsvc import access
 
 log = logging.getLogger("recsvc")
 
@@ -98,7 +103,26 @@ def problem_response(
         body["errors"] = list(errors)
     if extra:
         body.update(extra)
+    rid = access.request_id()
+    if rid is not None:
+        body["request_id"] = rid
     return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_JSON)
+
+
+def unexpected_error_response(
+    exc: Exception, scope: Scope, retry_after_seconds: int
+) -> JSONResponse:
+    """What an exception no handler answered becomes (access.AccessMiddleware calls this):
+    503 with Retry-After when the database is unreachable, else a logged 500. Never a trace."""
+    if is_database_unavailable(exc):
+        log.warning("database unavailable: %s", exc.__class__.__name__)
+        return problem_response(
+            503,
+            "the database is unavailable; retry later",
+            headers={"Retry-After": str(retry_after_seconds)},
+        )
+    log.error("unhandled error on %s %s", scope.get("method"), scope.get("path"), exc_info=exc)
+    return problem_response(500, "internal error; it has been logged")
 
 
 def validation_errors(raw: Sequence[Any]) -> list[dict[str, Any]]:
@@ -155,18 +179,6 @@ def install_handlers(app: FastAPI, retry_after_seconds: int) -> None:
             detail = f"no route {request.method} {request.url.path}"
         return problem_response(exc.status_code, detail, headers=exc.headers)
 
-    async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
-        if is_database_unavailable(exc):
-            log.warning("database unavailable: %s", exc.__class__.__name__)
-            return problem_response(
-                503,
-                "the database is unavailable; retry later",
-                headers={"Retry-After": str(retry_after_seconds)},
-            )
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return problem_response(500, "internal error; it has been logged")
-
     app.add_exception_handler(RecsvcError, on_recsvc_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
-    app.add_exception_handler(Exception, on_unexpected)

@@ -51,6 +51,11 @@ class FreshUsers:
         """Whether the set is known (False: every user may have events)."""
         return self._users is not None
 
+    @property
+    def size(self) -> int:
+        """Users in the set (0 while not tracking, when every user may have events)."""
+        return len(self._users) if self._users is not None else 0
+
     def may_have_events(self, user_id: str, cutoff: Cutoff | None) -> bool:
         """False only when the user surely has no event outside `cutoff` (the set is for
         another cutoff while a model is being swapped in: then True)."""

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import io
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 import numpy as np
@@ -90,7 +91,7 @@ _INSERT_EVENTS_PG = text(
     FROM unnest(:event_ids, :user_ids, :item_ids, :types, :event_values, :occurred, :contexts)
         AS batch(e, u, i, t, v, o, c)
     ON CONFLICT (event_id) DO NOTHING
-    RETURNING user_id
+    RETURNING user_id, type
     """
 ).bindparams(
     bindparam("event_ids", type_=ARRAY(String)),
@@ -139,9 +140,16 @@ def notified_users(payload: str) -> list[str] | None:
     return users
 
 
-async def insert_events(session: AsyncSession, events: Sequence[EventIn]) -> tuple[int, int]:
-    """Store a validated batch; returns (accepted, duplicates). The caller commits. On
-    PostgreSQL the users of the stored events are announced by NOTIFY (freshness.py).
+class Inserted(NamedTuple):
+    accepted: int
+    duplicates: int
+    accepted_types: Counter[str]  # the stored events by type
+
+
+async def insert_events(session: AsyncSession, events: Sequence[EventIn]) -> Inserted:
+    """Store a validated batch; returns what was stored, and how many were repeats. The caller
+    commits. On PostgreSQL the users of the stored events are announced by NOTIFY
+    (freshness.py).
 
     ON CONFLICT DO NOTHING on `event_id` makes retries idempotent, also when two clients send the
     same batch at once: the second insert waits for the first transaction and then skips.
@@ -165,12 +173,13 @@ async def insert_events(session: AsyncSession, events: Sequence[EventIn]) -> tup
                 "received_at": now,
             },
         )
-        users = result.scalars().all()  # one per stored event
+        stored = result.all()  # (user_id, type) of each stored event
+        users = [user for user, _ in stored]
         if users:  # tell the serving workers, when the transaction commits (see freshness.py)
             await session.execute(
                 _NOTIFY_PG, {"channel": EVENTS_CHANNEL, "payloads": notify_payloads(users)}
             )
-        return len(users), len(events) - len(users)
+        return Inserted(len(stored), len(events) - len(stored), Counter(t for _, t in stored))
     else:
         rows = [
             {
@@ -188,11 +197,12 @@ async def insert_events(session: AsyncSession, events: Sequence[EventIn]) -> tup
         stmt = (
             sqlite.insert(EVENTS)
             .on_conflict_do_nothing(index_elements=["event_id"])
-            .returning(EVENTS.c.id)
+            .returning(EVENTS.c.type)
         )
         result = await session.execute(stmt, rows)
-        accepted = len(result.all())
-        return accepted, len(events) - accepted
+        types = Counter(result.scalars().all())
+        accepted = types.total()
+        return Inserted(accepted, len(events) - accepted, types)
 
 
 # --- items --------------------------------------------------------------------------------------
@@ -642,6 +652,12 @@ class RecentEventsReader:
                     reset=_nothing_to_reset,
                 )
             return self._pool
+
+    @property
+    def in_use(self) -> int:
+        """Connections of the asyncpg pool busy with a query now."""
+        pool = self._pool
+        return pool.get_size() - pool.get_idle_size() if pool is not None else 0
 
     async def __call__(self, user_id: str, cutoff: Cutoff | None) -> tuple[RecentEventRow, ...]:
         rows: Sequence[Any]

@@ -30,9 +30,10 @@ def start(app: FastAPI, job_id: str, force: bool) -> None:
 
     def finished(done: asyncio.Task[object]) -> None:
         tasks.discard(done)
-        # The job recorded its own error; retrieving it keeps asyncio from warning about it.
-        if not done.cancelled():
-            done.exception()
+        # The job recorded its error in training_jobs; here it is logged.
+        exc = done.exception() if not done.cancelled() else None
+        if exc is not None:
+            report_failure(job_id, exc)
 
     task.add_done_callback(finished)
 
@@ -46,11 +47,23 @@ async def schedule(app: FastAPI, interval_seconds: int) -> None:
         try:
             async with app.state.sessionmaker() as session:
                 job = await registry.create_job(session, False, settings.job_stale_after)
-            await pipeline.run_job(settings, app.state.sessionmaker, job.job_id, False)
         except Conflict:
             log.info("scheduled training skipped: another job is running")
-        except Exception:
-            log.exception("scheduled training failed")
+            continue
+        except Exception as exc:
+            log.error("scheduled training could not start: %s", exc)
+            continue
+        try:
+            await pipeline.run_job(settings, app.state.sessionmaker, job.job_id, False)
+        except Exception as exc:
+            report_failure(job.job_id, exc)
+
+
+def report_failure(job_id: str, exc: BaseException) -> None:
+    """A failed job in the log: one line for an expected condition (no events yet), with the
+    traceback otherwise."""
+    expected = isinstance(exc, pipeline.NoData)
+    log.error("training job %s failed: %s", job_id, exc, exc_info=None if expected else exc)
 
 
 def start_schedule(app: FastAPI, interval_seconds: int) -> None:

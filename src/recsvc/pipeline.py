@@ -55,6 +55,10 @@ from recsvc.training import (
 log = logging.getLogger("recsvc.pipeline")
 
 
+class NoData(ValueError):
+    """An expected condition, not a fault: nothing to train, tune or evaluate on yet."""
+
+
 def feature_config(settings: Settings) -> FeatureConfig:
     return FeatureConfig(
         event_weights=settings.event_weights,
@@ -191,7 +195,7 @@ async def run_tuning(
         await ingest.begin_snapshot(session)
         table = await ingest.read_events(session)
     if not len(table):
-        raise ValueError("there are no events to tune on yet")
+        raise NoData("there are no events to tune on yet")
 
     def search() -> list[Trial]:
         interactions = build_features(settings, table)
@@ -349,7 +353,7 @@ async def run_training(
         active = await registry.active_version(session)
     query_seconds = clock() - start
     if not len(table):
-        raise ValueError("there are no events to train on yet")
+        raise NoData("there are no events to train on yet")
 
     beat = None
     if job_id:
@@ -463,13 +467,12 @@ async def run_job(
     force: bool,
 ) -> TrainingOutcome:
     """Run a queued job to its end, recording success or the error in training_jobs (and
-    re-raising it)."""
+    re-raising it: the caller reports it)."""
     async with sessionmaker() as session, session.begin():
         await registry.job_started(session, job_id)
     try:
         outcome = await run_training(settings, sessionmaker, force=force, job_id=job_id)
     except Exception as exc:
-        log.exception("training job %s failed", job_id)
         async with sessionmaker() as session, session.begin():
             await registry.job_finished(
                 session, job_id, version=None, error=f"{type(exc).__name__}: {exc}"
@@ -492,9 +495,9 @@ async def run_evaluation(
         table = await ingest.read_events(session)
         active = await registry.active_version(session)
     if active is None:
-        raise ValueError("no model is active yet: run `recsvc train` first")
+        raise NoData("no model is active yet: run `recsvc train` first")
     if not len(table):
-        raise ValueError("there are no events to evaluate on")
+        raise NoData("there are no events to evaluate on")
 
     def score() -> dict[str, dict[str, float]]:
         model = _load_active(active.artifact_path, settings.models_dir)

@@ -14,11 +14,12 @@ resolves it under its own RECSVC_MODELS_DIR (`artifact_dir`).
 from __future__ import annotations
 
 import secrets
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -281,3 +282,34 @@ async def job_finished(
             finished_at=datetime.now(UTC),
         )
     )
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """What /metrics reports about the whole deployment, read from the database."""
+
+    model_age_seconds: float | None  # since the active version was trained
+    model_ndcg: float | None  # its offline ndcg@10
+    jobs: dict[str, int]  # training jobs by state
+    last_job_seconds: float | None  # how long the newest finished job ran
+
+
+async def deployment(session: AsyncSession) -> Deployment:
+    active = await active_version(session)
+    counts = await session.execute(select(JOBS.c.state, func.count()).group_by(JOBS.c.state))
+    last = (
+        await session.execute(
+            select(JOBS.c.started_at, JOBS.c.finished_at)
+            .where(JOBS.c.finished_at.is_not(None), JOBS.c.started_at.is_not(None))
+            .order_by(JOBS.c.finished_at.desc())
+            .limit(1)
+        )
+    ).first()
+    age = ndcg = None
+    if active is not None:
+        age = (utcnow() - as_utc(active.created_at)).total_seconds()
+        ndcg = active.metrics.get("ndcg@10")
+    seconds = None
+    if last is not None:
+        seconds = (as_utc(last.finished_at) - as_utc(last.started_at)).total_seconds()
+    return Deployment(age, ndcg, {state: n for state, n in counts}, seconds)

@@ -336,6 +336,9 @@ class Problem(BaseModel):
     status: int
     detail: str
     errors: list[FieldError] | None = Field(None, description="each invalid field (422)")
+    request_id: str | None = Field(
+        None, description="the request's X-Request-ID, also sent as that response header"
+    )
 
 
 # --- operations ---------------------------------------------------------------------------------

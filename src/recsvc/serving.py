@@ -128,6 +128,7 @@ class Serving:
             engine, db.connection_budget(settings).read_pool
         )
         self.fresh_users = FreshUsers(engine)
+        self.engine = engine
         self.sessionmaker = sessionmaker
         self._features = feature_config(settings)
         self._consumed = frozenset(settings.consumed_event_types)
@@ -163,6 +164,16 @@ class Serving:
         await self.refresh_model()
         await self.fresh_users.track(self.live.cutoff)
 
+    def observe(self) -> None:
+        """Set this worker's gauges (each poll and each scrape)."""
+        metrics.FRESH_USERS.set(self.fresh_users.size)
+        pool = self.engine.pool
+        checked_out = getattr(pool, "checkedout", None)
+        metrics.DB_CONNECTIONS_IN_USE.labels("sqlalchemy").set(
+            checked_out() if checked_out is not None else 0
+        )
+        metrics.DB_CONNECTIONS_IN_USE.labels("recent_events").set(self._recent_events.in_use)
+
     async def refresh_model(self) -> None:
         async with self.sessionmaker() as session:
             active = await registry.active_version(session)
@@ -177,7 +188,7 @@ class Serving:
             # Keep serving what we have; try again only when another version is activated.
             self._failed_version = active.version
             self.load_error = f"{active.version}: {exc}"
-            metrics.MODEL_LOAD_FAILURES.inc()
+            metrics.ARTIFACT_LOAD_FAILURES.inc()
             log.error("refusing model %s: %s; still serving %s", active.version, exc, self.version)
             return
         await asyncio.get_running_loop().run_in_executor(
@@ -197,7 +208,7 @@ class Serving:
         gc.unfreeze()
         gc.collect()
         gc.freeze()
-        metrics.MODEL_VERSION.info({"version": active.version})
+        metrics.serving_version(active.version)
         log.info(
             "serving model %s (loaded in %.2f s)", active.version, time.perf_counter() - started
         )
@@ -250,6 +261,10 @@ class Serving:
                 await self.refresh()
             except Exception as exc:  # the database may be down; keep serving what we have
                 log.warning("model/catalog refresh failed: %s", exc)
+                metrics.DATABASE_UP.set(0 if is_database_unavailable(exc) else 1)
+            else:
+                metrics.DATABASE_UP.set(1)
+            self.observe()
             await asyncio.sleep(self.settings.model_poll_seconds)
 
     # --- requests -------------------------------------------------------------------------------
@@ -276,7 +291,10 @@ class Serving:
         `request.user_id` that its model does not hold folded in."""
         live = live or self.live
         if request.user_id is not None:
-            request = replace(request, recent=await self.recent_events(request.user_id, live))
+            recent = await self.recent_events(request.user_id, live)
+            if recent:
+                metrics.FOLD_INS.inc()
+            request = replace(request, recent=recent)
         return await self.recommend(request, live.scorer)
 
     async def recommend(
