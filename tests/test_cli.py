@@ -193,3 +193,22 @@ def test_train_every_keeps_going_after_a_failed_run_and_stops_on_sigterm(tmp_pat
         assert proc.wait(timeout=10) == 0
     assert first == "recsvc train: there are no events to train on yet\n"
     assert second.startswith("next training in ") and second.endswith(" s\n")
+
+
+def test_import_refuses_what_no_database_can_store(
+    recsvc_env: None, database_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """NUL characters and non-finite numbers are refused row by row, as the API refuses them,
+    on both databases (PostgreSQL cannot store them; the rest of the file still loads)."""
+    path = tmp_path / "items.jsonl"
+    path.write_text(
+        '{"item_id": "c1", "title": "ok"}\n'
+        '{"item_id": "c2", "title": "bad\\u0000title"}\n'
+        '{"item_id": "c3", "attributes": {"price": NaN}}\n',
+        encoding="utf-8",
+    )
+    assert cli.main(["import", "items", str(path), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "line 2: title: text cannot contain the NUL character" in err
+    assert "line 3: attributes.price: numbers must be finite" in err
+    assert count(database_url, "items") == 1

@@ -420,7 +420,13 @@ def test_send_events_keeps_each_body_under_the_limit() -> None:
 
 # --- retry policy, on scripted answers ----------------------------------------------------------
 
-POPULAR = {"user_id": None, "model_version": None, "strategy": "popular", "items": []}
+POPULAR = {
+    "user_id": None,
+    "model_version": None,
+    "strategy": "popular",
+    "degraded": False,
+    "items": [],
+}
 
 
 def scripted(*answers: httpx.Response | Exception) -> tuple[httpx.MockTransport, list[str]]:

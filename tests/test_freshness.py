@@ -114,3 +114,28 @@ async def test_a_newer_model_starts_with_the_users_it_has_not_seen(
     assert fresh.tracking
     assert not may_have(app, user)  # the new model holds these events
     assert (await get(live, user))["strategy"] == "als"
+
+
+@pytest.mark.usefixtures("postgres_only")
+async def test_past_its_cap_the_set_is_dropped_until_the_next_model(
+    live: httpx.AsyncClient,  # noqa: F811
+    app: FastAPI,
+) -> None:
+    """Bounded memory: more users with unread events than RECSVC_FRESH_USERS_MAX and the
+    worker stops remembering them (every request queries, so no event is missed), without
+    reloading the too-large set on every poll; the next model starts a new set."""
+    serving = app.state.serving
+    fresh = serving.fresh_users
+    assert fresh.tracking
+    fresh._max_users = 3  # the setting, shrunk for the test
+    fresh.add(["a1", "a2"])
+    assert fresh.tracking
+    fresh.add(["a3", "a4"])
+    assert not fresh.tracking and fresh.size == 0
+    assert may_have(app, "never-seen")  # everyone may have events: every request queries
+    await serving.refresh()  # a poll with the same model does not reload the set
+    assert not fresh.tracking
+    fresh._max_users = 500_000
+    await train(live, app)  # a new model, a new cutoff: a new set
+    assert fresh.tracking
+    assert not may_have(app, "never-seen")

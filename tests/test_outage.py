@@ -11,13 +11,16 @@ import asyncio
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 from sqlalchemy.engine import make_url
 
-from conftest import INGEST, ServerThread, events, free_port
+from conftest import INGEST, READ, ServerThread, events, free_port
 from recsvc.config import Settings
+from test_activation import _train
+from test_models import load_demo
 
 
 class TcpRelay:
@@ -123,3 +126,73 @@ def test_outage_gives_503_and_recovers(settings: Settings, relay: TcpRelay) -> N
         again = http.post("/v1/events", json={"events": events(10, prefix="b")}, headers=INGEST)
         assert again.status_code == 202
         assert again.json() == {"accepted": 10, "duplicates": 0}
+
+
+def test_recommendations_during_an_outage_are_answered_and_marked_degraded(
+    settings: Settings, relay: TcpRelay, tmp_path: Path
+) -> None:
+    """With the database cut off, every recommendation route still answers 200 from the model
+    in memory; answers that could not read the learner's newest events say `degraded: true`.
+    After the database returns, nothing is degraded any more, without a restart."""
+    load_demo(settings, tmp_path / "data", n_users=300, n_items=80)
+    outcome = asyncio.run(_train(settings))
+    through = _through(settings, relay)
+    with (
+        ServerThread(through) as server,
+        httpx.Client(base_url=server.url, timeout=30, headers=READ) as http,
+    ):
+        deadline = time.monotonic() + 15
+        while http.get("/readyz").json()["model"] != outcome.version:
+            assert time.monotonic() < deadline, "the model was not loaded"
+            time.sleep(0.2)
+
+        def calls() -> dict[str, httpx.Response]:
+            return {
+                "trained": http.get("/v1/users/u00001/recommendations?n=5"),
+                "unknown": http.get("/v1/users/nobody-known/recommendations?n=5"),
+                "post": http.post(
+                    "/v1/recommendations",
+                    json={"user_id": "u00002", "session_items": ["c0001", "c0002"], "n": 5},
+                ),
+                "similar": http.get("/v1/items/c0001/similar?n=5"),
+                "popular": http.get("/v1/popular?n=5"),
+                "popular_week": http.get("/v1/popular?n=5&window_days=7"),
+            }
+
+        before = calls()
+        assert {name: r.status_code for name, r in before.items()} == dict.fromkeys(before, 200)
+        assert not any(r.json()["degraded"] for r in before.values())
+
+        relay.cut()
+        # The worker learns of the cut when its new-events listener's connection drops (a
+        # moment later): from then on every learner may have unread events.
+        time.sleep(0.5)
+        during = calls()
+        assert {name: r.status_code for name, r in during.items()} == dict.fromkeys(during, 200)
+        degraded = {name: r.json()["degraded"] for name, r in during.items()}
+        # Three had to read the learner's newest events; similar and the model's popular list
+        # never read the database; the week's list is the one counted before the cut.
+        assert degraded == {
+            "trained": True,
+            "unknown": True,
+            "post": True,
+            "similar": False,
+            "popular": False,
+            "popular_week": False,
+        }
+        assert during["trained"].json()["items"] and during["post"].json()["items"]
+        assert during["trained"].json()["model_version"] == outcome.version
+        # a window never counted: the model's list answers, marked
+        other = http.get("/v1/popular?n=5&window_days=3")
+        assert other.status_code == 200 and other.json()["degraded"] is True
+        metrics = http.get("/metrics").text
+        assert "recsvc_degraded_recommendations_total 4.0" in metrics
+
+        relay.restore()
+        deadline = time.monotonic() + 15
+        while http.get("/readyz").status_code != 200:
+            assert time.monotonic() < deadline, "did not recover within 15 s"
+            time.sleep(0.2)
+        after = calls()
+        assert {name: r.status_code for name, r in after.items()} == dict.fromkeys(after, 200)
+        assert not any(r.json()["degraded"] for r in after.values())

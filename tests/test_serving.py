@@ -14,6 +14,9 @@ from sqlalchemy.pool import NullPool
 from conftest import INGEST, READ
 from recsvc import db, ingest
 from recsvc import serving as serving_module
+from recsvc.app import create_app
+from recsvc.config import Settings
+from recsvc.errors import ServiceUnavailable
 from recsvc.schemas import ItemIn
 from recsvc.scorer import RecommendRequest, Scorer
 from test_recommend import live, trained  # noqa: F401  (fixtures)
@@ -101,3 +104,17 @@ async def test_popular_windows_are_bounded(
     assert 2 in cache  # the most recently used whole-day window
     too_long = await client.get("/v1/popular", params={"window_days": 400}, headers=READ)
     assert too_long.status_code == 422
+
+
+async def test_past_the_pending_cap_requests_are_refused_not_queued(settings: Settings) -> None:
+    """Bounded memory: a worker lets at most RECSVC_MAX_PENDING_REQUESTS wait for scoring;
+    the next ones get 503 (ServiceUnavailable, with Retry-After) at once."""
+    app = create_app(settings.model_copy(update={"max_pending_requests": 2}))
+    async with app.router.lifespan_context(app):
+        serving = app.state.serving
+        asks = [serving.recommend(RecommendRequest(user_id=None, n=3)) for _ in range(5)]
+        results = await asyncio.gather(*asks, return_exceptions=True)
+    refused = [r for r in results if isinstance(r, ServiceUnavailable)]
+    answered = [r for r in results if not isinstance(r, BaseException)]
+    assert len(answered) == 2 and len(refused) == 3
+    assert refused[0].status == 503

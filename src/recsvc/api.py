@@ -10,7 +10,8 @@ from typing import Annotated, Any, TypeVar
 
 import orjson
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
-from pydantic import BaseModel, ValidationError
+from pydantic import AfterValidator, BaseModel, ValidationError
+from pydantic_core import PydanticCustomError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from recsvc import access, artifact, db, ingest, jobs, metrics, registry, scorer
@@ -27,6 +28,8 @@ from recsvc.errors import (
 from recsvc.schemas import (
     DIVERSITY_DOC,
     MAX_PER_FAMILY_DOC,
+    NOT_FINITE_MESSAGE,
+    NUL_MESSAGE,
     EventBatch,
     EventTypes,
     Health,
@@ -46,12 +49,21 @@ from recsvc.schemas import (
     UserIn,
     UserOut,
     ValidationRules,
+    unstorable,
 )
 from recsvc.serving import Serving
 
 Model = TypeVar("Model", bound=BaseModel)
 
-PathId = Annotated[str, Path(min_length=1, max_length=128)]
+
+def _no_nul(value: str) -> str:
+    """PostgreSQL text and jsonb cannot hold NUL: refused (422) on either database alike."""
+    if "\x00" in value:
+        raise PydanticCustomError("nul_character", NUL_MESSAGE)
+    return value
+
+
+PathId = Annotated[str, Path(min_length=1, max_length=128), AfterValidator(_no_nul)]
 Label = Annotated[str, Query(min_length=1, max_length=128)]
 
 
@@ -109,18 +121,34 @@ def parsed(model: type[Model]) -> Callable[[Request], Awaitable[Model]]:
         rules: ValidationRules = request.app.state.rules
         body = await request.body()
         try:
-            return model.model_validate_json(body, context={"rules": rules})
+            value = model.model_validate_json(body, context={"rules": rules})
         except ValidationError as exc:
             errors = validation_errors(exc.errors(include_url=False, include_input=False))
-            if model is EventBatch:
-                count_rejected_events(body, request.app.state.rules)
-            if any(e["type"] == "json_invalid" for e in errors):
-                raise InvalidInput("the body is not valid JSON", errors=errors) from None
-            raise InvalidInput(
-                f"{len(errors)} invalid field(s); nothing was stored", errors=errors
-            ) from None
+        else:
+            errors = validation_errors(_unstorable(body))
+            if not errors:
+                return value
+        if model is EventBatch:
+            count_rejected_events(body, request.app.state.rules)
+        if any(e["type"] == "json_invalid" for e in errors):
+            raise InvalidInput("the body is not valid JSON", errors=errors) from None
+        raise InvalidInput(
+            f"{len(errors)} invalid field(s); nothing was stored", errors=errors
+        ) from None
 
     return parse
+
+
+def _unstorable(body: bytes) -> list[dict[str, Any]]:
+    """What pydantic's lenient JSON parser lets into free objects (context, attributes) but
+    the databases cannot store, refused alike on both: NaN, Infinity and numbers beyond a double
+    (strict orjson refuses them; PostgreSQL jsonb too), and NUL in any string or key."""
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return [{"loc": [], "msg": NOT_FINITE_MESSAGE, "type": "number_not_finite"}]
+    # JSON carries NUL only as the escape \u0000: most bodies are spared the walk.
+    return unstorable(parsed) if b"\\u0000" in body else []
 
 
 def count_rejected_events(body: bytes, rules: ValidationRules) -> None:
@@ -540,11 +568,16 @@ def _category_filter(categories: list[str] | None) -> frozenset[str] | None:
 
 
 def _recommendations(
-    result: scorer.RecommendResult, user_id: str | None, version: str | None
+    result: scorer.RecommendResult,
+    user_id: str | None,
+    version: str | None,
+    degraded: bool = False,
 ) -> Response:
     """Serialised straight to JSON: this is the hot path (shape: schemas.Recommendations)."""
     metrics.RECOMMENDATIONS.labels(result.strategy).inc()
-    access.note(strategy=result.strategy, model_version=version)
+    if degraded:
+        metrics.DEGRADED.inc()
+    access.note(strategy=result.strategy, model_version=version, degraded=degraded)
     items = []
     for item in result.items:
         entry: dict[str, Any] = {"item_id": item.item_id, "score": item.score, "title": item.title}
@@ -559,6 +592,7 @@ def _recommendations(
         "user_id": user_id,
         "model_version": version,
         "strategy": result.strategy,
+        "degraded": degraded,
         "items": items,
     }
     return Response(orjson.dumps(body), media_type="application/json")
@@ -571,7 +605,7 @@ async def _recommend(serving: Serving, request: scorer.RecommendRequest) -> Resp
     version = live.version
     if version is None:
         # Before the first model (and its text index): what is popular in the events so far.
-        result = await serving.popular_from_events(
+        result, degraded = await serving.popular_from_events(
             serving.settings.popularity_window_days,
             request.n,
             request.categories,
@@ -579,8 +613,8 @@ async def _recommend(serving: Serving, request: scorer.RecommendRequest) -> Resp
             request.max_per_family,
         )
     else:
-        result = await serving.recommend_fresh(request, live)
-    return _recommendations(result, request.user_id, version)
+        result, degraded = await serving.recommend_fresh(request, live)
+    return _recommendations(result, request.user_id, version, degraded)
 
 
 async def _serving(request: Request) -> Serving:  # async: a def would hop to a thread
@@ -726,11 +760,21 @@ async def popular_items(
     per_family = _per_family(serving, max_per_family)
     model = serving.scorer
     model_window = serving.settings.popularity_window_days
-    if model.version is not None and window_days in (None, model_window):
-        result = model.popular(
+
+    def from_model() -> scorer.RecommendResult:
+        return model.popular(
             n, categories, serving.catalog, exclude=excluded, max_per_family=per_family
         )
-    else:
-        window = window_days or model_window
-        result = await serving.popular_from_events(window, n, categories, excluded, per_family)
-    return _recommendations(result, None, model.version)
+
+    if model.version is not None and window_days in (None, model_window):
+        return _recommendations(from_model(), None, model.version)
+    try:
+        result, degraded = await serving.popular_from_events(
+            window_days or model_window, n, categories, excluded, per_family
+        )
+    except Exception as exc:
+        if model.version is None or not is_database_unavailable(exc):
+            raise
+        # The database is away and this window was never counted: the model's window answers.
+        result, degraded = from_model(), True
+    return _recommendations(result, None, model.version, degraded)

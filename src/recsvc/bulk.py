@@ -23,8 +23,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from tqdm import tqdm
 
 from recsvc import ingest
-from recsvc.errors import validation_errors
-from recsvc.schemas import EventIn, ItemWithId, UserIn, ValidationRules
+from recsvc.errors import dotted, validation_errors
+from recsvc.schemas import EventIn, ItemWithId, UserIn, ValidationRules, unstorable
 
 Kind = Literal["events", "items", "users"]
 
@@ -191,6 +191,10 @@ async def run_import(
         bar.update(1)
         if isinstance(row, str):
             report.rejected.append((number, row))
+            continue
+        if problems := unstorable(row):
+            reason = "; ".join(f"{dotted(p['loc']) or 'row'}: {p['msg']}" for p in problems)
+            report.rejected.append((number, reason))
             continue
         try:
             if kind == "events":

@@ -149,6 +149,19 @@ class Settings(BaseSettings):
         description="title n-gram cosine from which two courses of the same categories are "
         "editions of one family",
     )
+    fresh_users_max: int = Field(
+        500_000,
+        ge=0,
+        description="users with events newer than the model that a worker remembers (PostgreSQL; "
+        "about 100 bytes each); past it every recommendation request queries for the learner's "
+        "newest events until the next model",
+    )
+    max_pending_requests: int = Field(
+        1000,
+        ge=1,
+        description="recommendation requests a worker lets wait for scoring; past it they get "
+        "503 with Retry-After",
+    )
     model_poll_seconds: float = Field(
         2.0, gt=0, le=5, description="how often a worker checks for a newly activated model"
     )

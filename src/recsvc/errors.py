@@ -152,8 +152,13 @@ def is_database_unavailable(exc: BaseException) -> bool:
         return True
     if isinstance(exc, sa_exc.TimeoutError):  # pool exhausted while connections hang
         return True
-    if isinstance(exc, asyncpg.PostgresConnectionError | asyncpg.InterfaceError):
-        return True  # the serving hot path talks to asyncpg directly
+    # The serving hot path talks to asyncpg directly; SQLAlchemy keeps asyncpg's error as the
+    # cause of the one it raises. A server that is starting up, shutting down or recovering
+    # from a crash answers with an operator-intervention error (SQLSTATE 57P01-57P03).
+    driver = exc.orig.__cause__ if isinstance(exc, sa_exc.DBAPIError) and exc.orig else exc
+    unreachable = asyncpg.PostgresConnectionError | asyncpg.InterfaceError
+    if isinstance(driver, unreachable | asyncpg.exceptions.OperatorInterventionError):
+        return True
     return isinstance(exc, OSError | TimeoutError)
 
 

@@ -9,7 +9,8 @@ activated, then grown by every notification. The set may hold users it no longer
 never fewer than it should; the events themselves are still read by the one indexed query
 (ingest.RecentEventsReader), only for users in the set.
 
-Until the listener is connected (start-up, after losing the database) and on SQLite,
+Until the listener is connected (start-up, after losing the database), while more than
+RECSVC_FRESH_USERS_MAX users have such events (until the next model), and on SQLite,
 `may_have_events` is True for everyone: every request queries, as it would without this.
 
 Across workers the set is as fresh as PostgreSQL's delivery of notifications (well under a
@@ -37,13 +38,15 @@ class FreshUsers:
     """One worker's set of users with events newer than its model (see the module docstring).
     Used from the event loop only."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, max_users: int = 500_000) -> None:
         self._engine = engine
         self._enabled = engine.dialect.name == "postgresql"
+        self._max_users = max_users
         self._listener: asyncpg.Connection | None = None
         self._users: set[str] | None = None  # None: not known, everyone may have events
         self._cutoff: Cutoff | None = None  # the model cutoff the set is for
         self._loading: set[str] | None = None  # users notified while the load query runs
+        self._full_for: Cutoff | None = None  # the cutoff whose set outgrew max_users
         self._lock = asyncio.Lock()
 
     @property
@@ -66,8 +69,20 @@ class FreshUsers:
         user_ids = list(user_ids)
         if self._users is not None:
             self._users.update(user_ids)
+            if len(self._users) > self._max_users:
+                self._overflow(self._cutoff)
         if self._loading is not None:
             self._loading.update(user_ids)
+
+    def _overflow(self, cutoff: Cutoff | None) -> None:
+        """Past max_users the set is dropped: every request queries, as without a listener,
+        until a model with another cutoff starts a new set."""
+        log.warning(
+            "more than %d users have events newer than the model: querying every request "
+            "until the next model (RECSVC_FRESH_USERS_MAX)",
+            self._max_users,
+        )
+        self._users, self._cutoff, self._full_for = None, None, cutoff
 
     async def track(self, cutoff: Cutoff | None) -> None:
         """Make sure the listener is connected and the set holds the users with events
@@ -89,6 +104,8 @@ class FreshUsers:
             self._listener = await self._listen()
         elif self._users is not None and cutoff == self._cutoff:
             return
+        elif self._users is None and cutoff == self._full_for:
+            return  # too many for this model's cutoff: stay untracked until the next one
         loading: set[str] = set()
         self._loading = loading  # one load at a time: `track` holds the lock
         try:
@@ -96,6 +113,8 @@ class FreshUsers:
         finally:
             self._loading = None
         self._users, self._cutoff = users | loading, cutoff
+        if len(self._users) > self._max_users:
+            self._overflow(cutoff)
 
     async def _listen(self) -> asyncpg.Connection:
         connection = await asyncpg.connect(db.asyncpg_dsn(self._engine), timeout=5)

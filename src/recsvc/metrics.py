@@ -59,9 +59,10 @@ BATCH_SIZE = Histogram(
     "Recommendation requests scored together in one matrix product",
     buckets=(1, 2, 4, 8, 16, 32, 64),
 )
-FRESHNESS_SKIPPED = Counter(
-    "recsvc_freshness_skipped_total",
-    "Recommendations served without the user's newest events (database unreachable)",
+DEGRADED = Counter(
+    "recsvc_degraded_recommendations_total",
+    'Lists answered with "degraded": true: the database was unreachable, so the model in '
+    "memory answered without the learner's newest events (or an older popular list did)",
 )
 ARTIFACT_LOAD_FAILURES = Counter(
     "recsvc_artifact_load_failures_total",

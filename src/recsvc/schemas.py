@@ -7,6 +7,7 @@ and `recsvc import` rows alike.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
@@ -53,6 +54,32 @@ def _rules(info: ValidationInfo) -> ValidationRules | None:
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+# What pydantic lets into free objects (context, attributes) but neither database can store:
+# refused alike on both, by the API (api.parsed) and by `recsvc import` (bulk.py).
+NUL_MESSAGE = "text cannot contain the NUL character (\\u0000)"
+NOT_FINITE_MESSAGE = "numbers must be finite: NaN, Infinity and beyond ±1.8e308 are not JSON"
+
+
+def unstorable(value: Any, loc: list[str | int] | None = None) -> list[dict[str, Any]]:
+    """Where `value` (parsed JSON) holds NUL in a string or key, or a non-finite number, as
+    pydantic-style errors."""
+    loc = loc or []
+    found = []
+    if isinstance(value, str):
+        if "\x00" in value:
+            found.append({"loc": loc, "msg": NUL_MESSAGE, "type": "nul_character"})
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            found.append({"loc": loc, "msg": NOT_FINITE_MESSAGE, "type": "number_not_finite"})
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            found += unstorable(key, [*loc, key]) + unstorable(item, [*loc, key])
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found += unstorable(item, [*loc, index])
+    return found
 
 
 # --- events -------------------------------------------------------------------------------------
@@ -116,14 +143,20 @@ class EventIn(_Strict):
     @classmethod
     def _context_small(cls, value: dict[str, Any] | None, info: ValidationInfo) -> Any:
         rules = _rules(info)
-        if value is not None and rules is not None:
+        if value is None:
+            return value
+        try:
             size = len(orjson.dumps(value))
-            if size > rules.max_context_bytes:
-                raise PydanticCustomError(
-                    "context_too_large",
-                    "context is {size} bytes as JSON; the limit is {limit}",
-                    {"size": size, "limit": rules.max_context_bytes},
-                )
+        except orjson.JSONEncodeError:  # e.g. an integer beyond 64 bits: not storable
+            raise PydanticCustomError(
+                "context_invalid", "context holds a value JSON cannot store (integers: 64-bit)"
+            ) from None
+        if rules is not None and size > rules.max_context_bytes:
+            raise PydanticCustomError(
+                "context_too_large",
+                "context is {size} bytes as JSON; the limit is {limit}",
+                {"size": size, "limit": rules.max_context_bytes},
+            )
         return value
 
 
@@ -282,6 +315,10 @@ class Recommendations(BaseModel):
     user_id: str | None
     model_version: str | None = Field(description="null before the first model is trained")
     strategy: str = Field(description=STRATEGY_DOC)
+    degraded: bool = Field(
+        description="true when the database was unreachable: the list comes from the model in "
+        "memory without the learner's newest events (or from an older popular list)"
+    )
     items: list[RecommendedItem]
 
 

@@ -46,7 +46,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from recsvc import artifact, db, ingest, metrics, registry
 from recsvc.config import Settings
-from recsvc.errors import is_database_unavailable
+from recsvc.errors import ServiceUnavailable, is_database_unavailable
 from recsvc.freshness import FreshUsers
 from recsvc.ingest import Cutoff
 from recsvc.pipeline import catalog_families, feature_config
@@ -127,7 +127,7 @@ class Serving:
         self._recent_events = ingest.RecentEventsReader(
             engine, db.connection_budget(settings).read_pool
         )
-        self.fresh_users = FreshUsers(engine)
+        self.fresh_users = FreshUsers(engine, settings.fresh_users_max)
         self.engine = engine
         self.sessionmaker = sessionmaker
         self._features = feature_config(settings)
@@ -271,35 +271,40 @@ class Serving:
 
     async def recent_events(self, user_id: str, live: Live) -> tuple[RecentEvent, ...]:
         """The user's events that `live`'s model does not hold: one indexed query, for users
-        who may have any (freshness.FreshUsers). Without the database the model's view still
-        answers (counted in recsvc_freshness_skipped_total)."""
+        who may have any (freshness.FreshUsers)."""
         if not self.fresh_users.may_have_events(user_id, live.cutoff):
             return ()
-        try:
-            rows = await self._recent_events(user_id, live.cutoff)
-        except Exception as exc:
-            if not is_database_unavailable(exc):
-                raise
-            metrics.FRESHNESS_SKIPPED.inc()
-            return ()
+        rows = await self._recent_events(user_id, live.cutoff)
         return tuple(RecentEvent(*row) for row in rows)
 
     async def recommend_fresh(
         self, request: RecommendRequest, live: Live | None = None
-    ) -> RecommendResult:
+    ) -> tuple[RecommendResult, bool]:
         """`request` answered by `live` (default: the current model) with the events of
-        `request.user_id` that its model does not hold folded in."""
+        `request.user_id` that its model does not hold folded in, and whether the answer is
+        degraded: the database was unreachable, so the model's view alone answered."""
         live = live or self.live
+        degraded = False
         if request.user_id is not None:
-            recent = await self.recent_events(request.user_id, live)
+            try:
+                recent = await self.recent_events(request.user_id, live)
+            except Exception as exc:
+                if not is_database_unavailable(exc):
+                    raise
+                recent, degraded = (), True
             if recent:
                 metrics.FOLD_INS.inc()
             request = replace(request, recent=recent)
-        return await self.recommend(request, live.scorer)
+        return await self.recommend(request, live.scorer), degraded
 
     async def recommend(
         self, request: RecommendRequest, scorer: Scorer | None = None
     ) -> RecommendResult:
+        if len(self._pending) >= self.settings.max_pending_requests:
+            # Overloaded: refuse at once (503, Retry-After) rather than queue without bound.
+            raise ServiceUnavailable(
+                "too many recommendation requests are waiting to be scored; retry shortly"
+            )
         future: asyncio.Future[RecommendResult] = asyncio.get_running_loop().create_future()
         self._pending.append(_Pending(request, scorer or self.scorer, future))
         if not self._draining:
@@ -366,24 +371,33 @@ class Serving:
         categories: frozenset[str] | None,
         exclude: frozenset[str],
         max_per_family: int = 1,
-    ) -> RecommendResult:
+    ) -> tuple[RecommendResult, bool]:
         """Popular items straight from the events table (for a window the model was not built
-        with, or before any model exists). The window is rounded up to whole days; the lists of
-        the POPULAR_CACHE_WINDOWS most recently used windows are kept for POPULAR_CACHE_SECONDS,
+        with, or before any model exists), and whether the answer is degraded (the database
+        was unreachable and an expired list of the window answered; without one, the error is
+        raised). The window is rounded up to whole days; the lists of the
+        POPULAR_CACHE_WINDOWS most recently used windows are kept for POPULAR_CACHE_SECONDS,
         and one query runs at a time, so clients cannot make a worker hold or run unbounded
         work (the API caps the window at api.MAX_POPULAR_WINDOW_DAYS)."""
         days = max(1, math.ceil(window_days))
+        degraded = False
         async with self._popular_lock:
             cached = self._popular_cache.get(days)
             now = time.monotonic()
             if cached is None or now - cached[0] > POPULAR_CACHE_SECONDS:
                 since = ingest.utcnow() - timedelta(days=days)
-                async with self.sessionmaker() as session:
-                    ranked = await ingest.popular_items(
-                        session, since, self.settings.negative_event_types, POPULAR_CANDIDATES
-                    )
-                cached = (now, ranked)
-                self._popular_cache[days] = cached
+                try:
+                    async with self.sessionmaker() as session:
+                        ranked = await ingest.popular_items(
+                            session, since, self.settings.negative_event_types, POPULAR_CANDIDATES
+                        )
+                except Exception as exc:
+                    if cached is None or not is_database_unavailable(exc):
+                        raise
+                    degraded = True
+                else:
+                    cached = (now, ranked)
+                    self._popular_cache[days] = cached
             self._popular_cache.move_to_end(days)
             while len(self._popular_cache) > POPULAR_CACHE_WINDOWS:
                 self._popular_cache.popitem(last=False)
@@ -403,7 +417,7 @@ class Serving:
             items.append(Recommendation(item_id, float(users), catalog.titles.get(item_id, "")))
             if len(items) == n:
                 break
-        return RecommendResult("popular", items)
+        return RecommendResult("popular", items), degraded
 
     async def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

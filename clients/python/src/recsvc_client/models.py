@@ -197,6 +197,10 @@ class Recommendations(_Response):
     strategy: str = Field(
         description="als, als_foldin, query, popular or content, maybe with '+popular'"
     )
+    degraded: bool = Field(
+        description="true when the database was unreachable: the list comes from the model in "
+        "memory without the learner's newest events (or from an older popular list)"
+    )
     items: list[RecommendedItem]
 
 
