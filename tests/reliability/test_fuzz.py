@@ -61,8 +61,9 @@ def fuzz_server(
 def problem_documents(
     ctx: schemathesis.CheckContext, response: schemathesis.Response, case: schemathesis.Case
 ) -> bool:
-    """Every 4xx and 5xx is an RFC 9457 problem document (application/problem+json)."""
-    if response.status_code < 400:
+    """Every 4xx and 5xx the application answers is an RFC 9457 problem document
+    (application/problem+json)."""
+    if response.status_code < 400 or refused_by_the_http_parser(response):
         return True
     content_type = response.headers.get("content-type", [""])[0]
     assert content_type.startswith("application/problem+json"), content_type
@@ -82,10 +83,33 @@ async def empty_tables(database_url: str) -> None:
         await engine.dispose()
 
 
+def refused_by_the_http_parser(response: schemathesis.Response) -> bool:
+    """uvicorn's own answer to a request its HTTP parser cannot read (seen for request lines of
+    hundreds of kilobytes): a plain-text 400 sent before the application sees the request,
+    documented in docs/design.md section 2."""
+    return response.status_code == 400 and response.text == "Invalid HTTP request received."
+
+
+def app_status_code_conformance(
+    ctx: schemathesis.CheckContext, response: schemathesis.Response, case: schemathesis.Case
+) -> bool | None:
+    if refused_by_the_http_parser(response):
+        return True
+    return status_code_conformance(ctx, response, case)
+
+
+def app_content_type_conformance(
+    ctx: schemathesis.CheckContext, response: schemathesis.Response, case: schemathesis.Case
+) -> bool | None:
+    if refused_by_the_http_parser(response):
+        return True
+    return content_type_conformance(ctx, response, case)
+
+
 CHECKS = [
     not_a_server_error,
-    status_code_conformance,
-    content_type_conformance,
+    app_status_code_conformance,
+    app_content_type_conformance,
     response_schema_conformance,
     problem_documents,
 ]
