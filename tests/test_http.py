@@ -3,13 +3,16 @@ openapi.yaml. What the metrics count: test_metrics.py."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from pathlib import Path
 
 import httpx
 import pytest
 import yaml
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from conftest import INGEST, OPS, READ
+from conftest import INGEST, OPS, READ, ServerThread, scalar
 from recsvc.app import create_app
 from recsvc.config import Settings
 from recsvc.openapi import render_yaml
@@ -96,3 +99,31 @@ async def test_readiness_reports_an_unmigrated_database(tmp_path: Path) -> None:
     assert ready.status_code == 503
     assert ready.json()["database"] == "not_migrated"
     assert "Retry-After" in ready.headers
+
+
+def test_a_write_is_committed_before_its_answer(
+    settings: Settings, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The request's transaction commits before the response goes out: a client that got 200
+    finds the row from any other connection at once (a slow commit makes the order visible)."""
+    commit = AsyncSession.commit
+
+    async def slow_commit(self: AsyncSession) -> None:
+        await asyncio.sleep(0.5)
+        await commit(self)
+
+    with ServerThread(settings) as server:
+        with monkeypatch.context() as patched:  # only around this one request
+            patched.setattr(AsyncSession, "commit", slow_commit)
+            response = httpx.put(
+                f"{server.url}/v1/users/u-durable",
+                json={"attributes": {"plan": "pro"}},
+                headers=OPS,
+                timeout=10,
+            )
+            stored = asyncio.run(
+                scalar(database_url, "SELECT count(*) FROM users WHERE id = 'u-durable'")
+            )
+            time.sleep(0.6)  # a commit still sleeping ends before the patch is undone
+    assert response.status_code in (200, 201)
+    assert stored == 1

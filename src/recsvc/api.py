@@ -83,7 +83,9 @@ async def _session(request: Request) -> AsyncIterator[AsyncSession]:
             raise
 
 
-SessionDep = Annotated[AsyncSession, Depends(_session)]
+# scope="function": the commit runs before the response is sent. FastAPI's default ("request")
+# runs it after, so a client could see 200 for a write not yet committed, or never committed.
+SessionDep = Annotated[AsyncSession, Depends(_session, scope="function")]
 
 
 async def catalog_written(request: Request, session: AsyncSession) -> None:
