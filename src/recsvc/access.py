@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import time
-import uuid
 from contextvars import ContextVar
 from typing import Any
 
@@ -57,12 +57,13 @@ def valid_id(value: bytes) -> str | None:
     return None
 
 
-def key_fingerprint(headers: dict[bytes, bytes]) -> str | None:
+def key_fingerprint(headers: list[tuple[bytes, bytes]]) -> str | None:
     """`k:` and 8 hex digits of the key's SHA-256: enough to tell keys apart in logs, useless
     to call the API with."""
-    key = headers.get(b"x-api-key")
+    by_name = dict(headers)
+    key = by_name.get(b"x-api-key")
     if key is None:
-        scheme, _, token = headers.get(b"authorization", b"").partition(b" ")
+        scheme, _, token = by_name.get(b"authorization", b"").partition(b" ")
         key = token.strip() if scheme.lower() == b"bearer" else None
     if not key:
         return None
@@ -79,9 +80,12 @@ class AccessMiddleware:
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
-        headers = dict(scope["headers"])
-        given = headers.get(_HEADER_KEY)
-        rid = (valid_id(given) if given is not None else None) or uuid.uuid4().hex
+        rid = None
+        for name, value in scope["headers"]:
+            if name == _HEADER_KEY:
+                rid = valid_id(value)
+                break
+        rid = rid or os.urandom(16).hex()
         rid_token = _request_id.set(rid)
         notes: dict[str, Any] = {}
         notes_token = _notes.set(notes)
@@ -110,8 +114,7 @@ class AccessMiddleware:
             seconds = time.perf_counter() - start
             route = getattr(scope.get("route"), "path", "unmatched")
             method = scope["method"]
-            metrics.REQUESTS.labels(method, route, str(status)).inc()
-            metrics.LATENCY.labels(method, route).observe(seconds)
+            metrics.observe_request(method, route, status, seconds)
             if log.isEnabledFor(logging.INFO):
                 fields: dict[str, Any] = {
                     "method": method,
@@ -119,7 +122,7 @@ class AccessMiddleware:
                     "status": status,
                     "duration_ms": round(seconds * 1000, 3),
                     "request_id": rid,
-                    "key": key_fingerprint(headers),
+                    "key": key_fingerprint(scope["headers"]),
                     **notes,
                 }
                 log.info(

@@ -13,6 +13,7 @@ at scrape time by the worker that answers it (`api.prometheus_metrics`), so they
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from typing import TYPE_CHECKING
@@ -111,6 +112,24 @@ DATABASE_UP = Gauge(
     "1 when the last readiness check or model poll reached the database",
     multiprocess_mode="livemostrecent",
 )
+
+# Methods outside this set are counted as "other": a client cannot grow the label set.
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def observe_request(method: str, route: str, status: int, seconds: float) -> None:
+    """Count one answered HTTP request (route: the template, never the raw path)."""
+    count, latency = _request_children(method if method in _METHODS else "other", route, status)
+    count.inc()
+    latency.observe(seconds)
+
+
+@functools.cache
+def _request_children(method: str, route: str, status: int) -> tuple[Counter, Histogram]:
+    # labels() locks and builds keys on every call; the children never change, so look them up
+    # once per (method, route, status): a bounded set, as routes are templates.
+    return REQUESTS.labels(method, route, str(status)), LATENCY.labels(method, route)
+
 
 _served_version: str | None = None
 
