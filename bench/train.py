@@ -1,6 +1,7 @@
 """The whole training pipeline on generated data: 10M events, 1M users, 100k items, PostgreSQL.
 
     python bench/train.py [--events 10000000 --users 1000000 --items 100000] [--write-readme]
+    python bench/train.py --engine spark [--spark-master local[2]] [--write-readme]
 
 Loads a deterministic power-law data set (seed 0: item popularity and user activity follow
 Zipf-like laws, eight event types, 180 days of timestamps) into a throw-away PostgreSQL database
@@ -9,6 +10,12 @@ events query, features, holdout split, the two ALS fits (on the holdout's traini
 on all data), evaluation (candidate and popularity on up to RECSVC_EVAL_MAX_USERS sampled test
 users), text index, save. Peak memory is the process's maximum resident set size. One run: the
 fit dominates and takes minutes; the point is the ratio of the other stages to it.
+
+`--engine spark`: the same data, exported with `recsvc export events` (measured: stage
+`export`), then `recsvc train --engine spark`'s pipeline in Spark local mode (features =
+reading the Parquet export and computing the pair weights, vocabularies and holdout in Spark,
+then collecting the pairs; split = the driver's matrices; the two MLlib ALS fits). Peak memory
+is then the Python driver's only (the JVM's is bounded by spark.driver.memory, --driver-memory).
 """
 
 import os
@@ -82,10 +89,26 @@ async def load(url: str, n_events: int, n_users: int, n_items: int) -> None:
         await conn.close()
 
 
-async def train(settings: Settings) -> pipeline.TrainingOutcome:
+async def train(
+    settings: Settings, spark: pipeline.SparkTraining | None = None
+) -> pipeline.TrainingOutcome:
     engine = db.make_engine(settings.database_url)
     try:
-        return await pipeline.run_training(settings, db.make_sessionmaker(engine), force=True)
+        return await pipeline.run_training(
+            settings, db.make_sessionmaker(engine), force=True, spark=spark
+        )
+    finally:
+        await engine.dispose()
+
+
+async def export_events(settings: Settings, directory: Path) -> float:
+    from recsvc import export
+
+    engine = db.make_engine(settings.database_url)
+    try:
+        started = time.perf_counter()
+        await export.export_events(db.make_sessionmaker(engine), directory)
+        return time.perf_counter() - started
     finally:
         await engine.dispose()
 
@@ -97,6 +120,9 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=1_000_000)
     parser.add_argument("--items", type=int, default=100_000)
     parser.add_argument("--write-readme", action="store_true", help="put the figures in README")
+    parser.add_argument("--engine", choices=["implicit", "spark"], default="implicit")
+    parser.add_argument("--spark-master", default="local[2]")
+    parser.add_argument("--driver-memory", default="8g", help="spark.driver.memory (local mode)")
     args = parser.parse_args()
 
     with throwaway_database(args.server_url) as url, tempfile.TemporaryDirectory() as models:
@@ -104,16 +130,30 @@ def main() -> None:
         asyncio.run(load(url, args.events, args.users, args.items))
         print(f"data loaded in {time.perf_counter() - started:.0f} s (not part of the figures)")
         settings = Settings(database_url=url, models_dir=Path(models), auth_disabled=True)
-        outcome = asyncio.run(train(settings))
+        if args.engine == "spark":
+            directory = Path(models) / "export"
+            export_seconds = asyncio.run(export_events(settings, directory))
+            print(f"exported in {export_seconds:.0f} s", flush=True)
+            job = pipeline.SparkTraining(
+                directory,
+                master=args.spark_master,
+                shuffle_partitions=16,
+                config={"spark.driver.memory": args.driver_memory, "spark.ui.enabled": "false"},
+            )
+            outcome = asyncio.run(train(settings, job))
+            outcome.seconds = {"export": export_seconds, **outcome.seconds}
+        else:
+            outcome = asyncio.run(train(settings))
 
     peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
     fit = outcome.seconds["fit_holdout"] + outcome.seconds["fit_final"]
     other = sum(outcome.seconds.values()) - fit
     lines = [f"| {stage} | {sec:.1f} |" for stage, sec in outcome.seconds.items()]
+    threads = f"MLlib, {args.spark_master}" if args.engine == "spark" else "1 thread"
     summary = (
         f"{outcome.n_events:,} events → {outcome.n_users:,} users × {outcome.n_items:,} items; "
         f"ALS fits (holdout + final, {settings.als_factors} factors, {settings.als_iterations} "
-        f"iterations, 1 thread) {fit:.0f} s; every other stage together {other:.0f} s "
+        f"iterations, {threads}) {fit:.0f} s; every other stage together {other:.0f} s "
         f"({other / fit:.2f}× the fits, {other / outcome.seconds['fit_final']:.2f}× the final "
         f"fit alone); peak memory {peak_gib:.1f} GiB. (Random data has no taste to learn: "
         f"its quality metrics mean nothing; bench/quality.py measures quality.)"
@@ -122,9 +162,16 @@ def main() -> None:
     print(summary)
     if args.write_readme:
         machine = f"{platform.machine()}, {os.cpu_count()} cores"
+        spark = args.engine == "spark"
+        command = (
+            f"python bench/train.py --engine spark --spark-master {args.spark_master} "
+            "--write-readme"
+            if spark
+            else "python bench/train.py --write-readme"
+        )
         write_readme_section(
-            "train",
-            f"`python bench/train.py --write-readme` ({machine}, {datetime.now(UTC):%Y-%m-%d}, "
+            "train-spark" if spark else "train",
+            f"`{command}` ({machine}, {datetime.now(UTC):%Y-%m-%d}, "
             f"PostgreSQL on the same machine, one run):\n\n"
             + "\n".join(["| stage | seconds |", "| --- | --- |", *lines])
             + f"\n\n{summary}\n",

@@ -44,6 +44,8 @@ TABLES = [
     "training_jobs",
     "erased_users",
     "revisions",
+    "event_counts_hourly",
+    "event_learners",
 ]
 
 

@@ -23,6 +23,7 @@ from recsvc.artifact import (
     save,
 )
 from recsvc.features import EventColumns, FeatureConfig, TextIndex, build_interactions
+from recsvc.segments import segment_learners
 from recsvc.training import ALSParams, train_model
 
 
@@ -38,8 +39,22 @@ def model() -> ModelArtifact:
     interactions = build_interactions(ev, FeatureConfig())
     trained = train_model(interactions, ALSParams(factors=3, iterations=3), 0.25, seed=0)
     texts = TextIndex().fit(list(interactions.items.ids), [f"课程 {i}" for i in range(8)])
+    item_ids = list(interactions.items.ids)
+    segments = segment_learners(
+        trained.user_factors,
+        trained.user_weights,
+        item_ids,
+        {i: ["偶数" if int(i[1:]) < 4 else "奇数"] for i in item_ids},
+        {},
+        k=2,
+    )
     return ModelArtifact.from_training(
-        "20261128T101500-3f2a", trained, interactions, texts, extra={"note": "测试"}
+        "20261128T101500-3f2a",
+        trained,
+        interactions,
+        texts,
+        extra={"note": "测试"},
+        segments=segments,
     )
 
 
@@ -60,6 +75,13 @@ def test_round_trip_keeps_everything(model: ModelArtifact, tmp_path: Path) -> No
     assert loaded.n_events == model.n_events and loaded.extra == {"note": "测试"}
     assert loaded.text_index is not None and model.text_index is not None
     np.testing.assert_allclose(loaded.text_index.query("课程 3"), model.text_index.query("课程 3"))
+    assert loaded.segments is not None and model.segments is not None
+    np.testing.assert_array_equal(loaded.segments.of_user, model.segments.of_user)
+    np.testing.assert_array_equal(loaded.segments.centroids, model.segments.centroids)
+    assert loaded.segments.info == model.segments.info
+    # Two groups of learners with disjoint courses: two segments, each labelled by its own.
+    assert {s.label for s in loaded.segments.info} == {"奇数", "偶数"}
+    assert sum(s.size for s in loaded.segments.info) == model.n_users
 
 
 def test_manifest_describes_the_model_and_checksums_every_file(
@@ -99,7 +121,8 @@ def test_a_failed_save_leaves_nothing_behind(
 
 
 @pytest.mark.parametrize(
-    "victim", ["factors.npz", "vocabulary.npz", "text_index.npz", "confidence.npz"]
+    "victim",
+    ["factors.npz", "vocabulary.npz", "text_index.npz", "confidence.npz", "segments.json"],
 )
 def test_a_corrupt_file_is_refused(model: ModelArtifact, tmp_path: Path, victim: str) -> None:
     path = save(model, tmp_path)
@@ -225,3 +248,6 @@ def test_erasing_a_user_removes_their_fold_in_weights(model: ModelArtifact, tmp_
     loaded = load(save(smaller, tmp_path))
     assert "u3" not in loaded.users and loaded.user_weights is not None
     assert (loaded.user_weights != smaller.user_weights).nnz == 0
+    assert loaded.segments is not None and model.segments is not None
+    keep = np.asarray(model.users.ids) != "u3"
+    np.testing.assert_array_equal(loaded.segments.of_user, model.segments.of_user[keep])

@@ -21,6 +21,9 @@ import yaml
 from pydantic import BaseModel
 from recsvc_client import (
     AsyncRecsvcClient,
+    Audience,
+    AudienceMember,
+    Conflict,
     Forbidden,
     Health,
     IngestResult,
@@ -30,6 +33,7 @@ from recsvc_client import (
     ModelVersionList,
     ModelVersionOut,
     NotFound,
+    Profile,
     Readiness,
     Reason,
     Recommendations,
@@ -37,6 +41,9 @@ from recsvc_client import (
     RecsvcClient,
     RecsvcConnectionError,
     RecsvcError,
+    SegmentList,
+    SegmentMembers,
+    SegmentOut,
     Unauthorized,
     Unavailable,
     UpsertResult,
@@ -47,6 +54,7 @@ from recsvc_client import client as client_module
 from recsvc_client import models as client_models
 
 from conftest import INGEST, OPS, READ, ServerThread, rows, scalar
+from recsvc.config import Settings
 
 ADMIN_KEY, READ_KEY, INGEST_KEY = OPS["X-API-Key"], READ["X-API-Key"], INGEST["X-API-Key"]
 SPEC = yaml.safe_load((Path(__file__).parents[1] / "openapi.yaml").read_text(encoding="utf-8"))
@@ -782,3 +790,120 @@ async def test_async_client_typed_results_and_errors(server: ServerThread) -> No
         with pytest.raises(ValidationFailed) as invalid:
             await client.put_item("c1", title="x" * 1001)
         assert invalid.value.errors and invalid.value.errors[0].field == "title"
+
+
+# --- 7. learners: portraits, segments, audiences ------------------------------------------------
+
+
+def test_learner_operations_against_the_live_service(settings: Settings) -> None:
+    """With RECSVC_SEGMENTS=3, for the three subjects of `learner_events` (by default the
+    server picks 4..12 segments by silhouette)."""
+    events = learner_events()
+    with (
+        ServerThread(settings.model_copy(update={"segments": 3})) as server,
+        RecsvcClient(server.url, READ_KEY, **FAST) as reader,
+    ):
+        with RecsvcClient(server.url, ADMIN_KEY, **FAST) as admin:
+            admin.put_items(ITEMS)
+            admin.send_events(events)
+
+        # before the first model: no segments, no audiences; profiles are computed anyway
+        assert reader.list_segments() == SegmentList(model_version=None, segments=[])
+        raises(NotFound, lambda: reader.list_segment_users(0))
+        no_model = raises(Conflict, lambda: reader.item_audience("c-data-0"))
+        assert no_model.status == 409 and no_model.request_id
+        raises(Conflict, lambda: reader.topic_audience(tags=["sql"]))
+        empty = raises(ValidationFailed, lambda: reader.topic_audience(n=5))
+        assert empty.status == 422 and "category or tag" in str(empty)
+        raises(ValidationFailed, lambda: reader.item_audience("c-data-0", n=0))
+
+        profile = reader.get_user_profile("u1", tz="Asia/Shanghai")  # u1 studies "data"
+        assert isinstance(profile, Profile) and profile.user_id == "u1"
+        assert profile.n_events == 4 and profile.model_version is None
+        assert profile.segment is None
+        assert [interest.name for interest in profile.interests.categories] == ["data"]
+        assert profile.interests.categories[0].evidence == 4
+        assert profile.activity.timezone == "Asia/Shanghai"
+        assert profile.activity.last_seen is not None
+        assert [course.item_id for course in profile.journey.consumed] == ["c-data-1"]
+        assert all(isinstance(label.rule, str) for label in profile.labels)
+        raises(ValidationFailed, lambda: reader.get_user_profile("u1", tz="Mars/Olympus"))
+        raises(NotFound, lambda: reader.get_user_profile("nobody"))
+
+        with RecsvcClient(server.url, ADMIN_KEY, **FAST) as admin:
+            job = admin.train_model()
+            job = admin.wait_for_training_job(job.job_id, max_wait=120, interval=0.05)
+            assert job.state == "succeeded", job.error
+            assert job.version is not None
+            wait_until_served(admin, job.version)
+
+        # segments: every learner in exactly one, paged by cursor
+        segments = reader.list_segments()
+        assert segments.model_version == job.version and segments.segments
+        assert all(isinstance(segment, SegmentOut) for segment in segments.segments)
+        assert sum(segment.size for segment in segments.segments) == 36
+        members: list[str] = []
+        for segment in segments.segments:
+            first = reader.list_segment_users(segment.segment_id, limit=2)
+            assert isinstance(first, SegmentMembers) and first.model_version == job.version
+            assert len(first.users) == min(2, segment.size)
+            assert first.next_cursor is not None or segment.size <= 2
+            everyone = list(reader.iter_segment_users(segment.segment_id, limit=2))
+            assert everyone[:2] == first.users and len(everyone) == segment.size
+            members += everyone
+        assert sorted(members) == sorted(f"u{u}" for u in range(36))
+        assert reader.get_user_profile("u1").segment is not None
+
+        # audiences: learners who enrolled in the course are left out
+        audience = reader.item_audience("c-data-0", n=36)
+        assert isinstance(audience, Audience) and audience.item_id == "c-data-0"
+        assert audience.model_version == job.version and audience.basis >= 1
+        assert audience.users and all(isinstance(m, AudienceMember) for m in audience.users)
+        enrolled = {
+            e["user_id"] for e in events if e["item_id"] == "c-data-0" and e["type"] == "enroll"
+        }
+        assert enrolled and enrolled.isdisjoint(member.user_id for member in audience.users)
+        scores = [member.score for member in audience.users]
+        assert scores == sorted(scores, reverse=True)
+        topic = reader.topic_audience(categories=["design"], n=3, exclude_consumed=False)
+        assert topic.item_id is None and 0 < len(topic.users) <= 3
+
+
+def test_iter_segment_users_follows_next_cursor() -> None:
+    pages = {
+        None: {"segment_id": 3, "model_version": "v1", "users": ["a", "b"], "next_cursor": "c1"},
+        "c1": {"segment_id": 3, "model_version": "v1", "users": ["c", "d"], "next_cursor": "c2"},
+        "c2": {"segment_id": 3, "model_version": "v1", "users": ["e"], "next_cursor": None},
+    }
+    seen: list[httpx.URL] = []
+
+    def page(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url)
+        return httpx.Response(200, json=pages[request.url.params.get("cursor")])
+
+    transport = httpx.MockTransport(page)
+    with RecsvcClient("http://recsvc.test", "k", transport=transport) as client:
+        assert list(client.iter_segment_users(3, limit=2)) == ["a", "b", "c", "d", "e"]
+        with pytest.raises(TypeError):
+            client.list_segment_users("3")  # type: ignore[arg-type]
+    assert [url.path for url in seen] == ["/v1/segments/3/users"] * 3
+    assert [url.params.get("cursor") for url in seen] == [None, "c1", "c2"]
+    assert {url.params["limit"] for url in seen} == {"2"}
+
+
+async def test_async_learner_operations(server: ServerThread) -> None:
+    async with AsyncRecsvcClient(server.url, ADMIN_KEY, **FAST) as client:
+        await client.put_items(ITEMS)
+        await client.send_events(learner_events(3))
+        segments = await client.list_segments()
+        assert isinstance(segments, SegmentList) and segments.segments == []
+        profile = await client.get_user_profile("u2")
+        assert isinstance(profile, Profile) and profile.n_events == 4
+        assert [interest.name for interest in profile.interests.categories] == ["design"]
+        with pytest.raises(Conflict):
+            await client.topic_audience(categories=["design"])
+        with pytest.raises(ValidationFailed):
+            await client.topic_audience(categories=[])
+        with pytest.raises(NotFound):
+            async for _ in client.iter_segment_users(0):
+                pass

@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import pathlib
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, tzinfo
 from typing import Annotated, Any, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import numpy as np
 import orjson
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from pydantic import AfterValidator, BaseModel, ValidationError
 from pydantic_core import PydanticCustomError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from recsvc import access, artifact, db, ingest, jobs, metrics, registry, scorer
-from recsvc.auth import require, require_metrics_access
+from recsvc import access, artifact, db, ingest, jobs, metrics, portrait, registry, scorer, stats
+from recsvc.audience import AudienceResult
+from recsvc.auth import key_scopes, require, require_metrics_access
 from recsvc.config import Settings
 from recsvc.errors import (
     Conflict,
@@ -30,6 +36,9 @@ from recsvc.schemas import (
     MAX_PER_FAMILY_DOC,
     NOT_FINITE_MESSAGE,
     NUL_MESSAGE,
+    Audience,
+    AudienceMember,
+    AudienceRequest,
     EventBatch,
     EventTypes,
     Health,
@@ -38,12 +47,18 @@ from recsvc.schemas import (
     ItemIn,
     ItemOut,
     JobOut,
+    LabelLift,
     ModelVersionList,
     ModelVersionOut,
     Problem,
+    Profile,
     Readiness,
     Recommendations,
     RecommendationsRequest,
+    SegmentCourse,
+    SegmentList,
+    SegmentMembers,
+    SegmentOut,
     TrainRequest,
     UpsertResult,
     UserIn,
@@ -51,7 +66,7 @@ from recsvc.schemas import (
     ValidationRules,
     unstorable,
 )
-from recsvc.serving import Serving
+from recsvc.serving import Live, Serving
 
 Model = TypeVar("Model", bound=BaseModel)
 
@@ -104,6 +119,7 @@ DOC_MODELS: list[type[BaseModel]] = [
     UserIn,
     TrainRequest,
     RecommendationsRequest,
+    AudienceRequest,
     Problem,
 ]
 
@@ -204,6 +220,14 @@ async def healthz() -> Health:
 async def readyz(request: Request, response: Response) -> Readiness:
     """Readiness: database reachable and migrated to the code's schema. No key needed."""
     state = request.app.state
+    readiness = await _readiness(state)
+    if readiness.status != "ready":
+        response.status_code = 503
+        response.headers["Retry-After"] = str(state.settings.db_retry_after_seconds)
+    return readiness
+
+
+async def _readiness(state: Any) -> Readiness:
     revision = None
     try:
         revision = await db.current_revision(state.engine)
@@ -213,13 +237,9 @@ async def readyz(request: Request, response: Response) -> Readiness:
             raise
         database = "unreachable"
     metrics.DATABASE_UP.set(1 if database == "ok" else 0)
-    ready = database == "ok"
-    if not ready:
-        response.status_code = 503
-        response.headers["Retry-After"] = str(state.settings.db_retry_after_seconds)
     serving: Serving = state.serving
     return Readiness(
-        status="ready" if ready else "not_ready",
+        status="ready" if database == "ok" else "not_ready",
         database=database,
         schema_revision=revision,
         model=serving.version or "none_trained",
@@ -780,3 +800,333 @@ async def popular_items(
         # The database is away and this window was never counted: the model's window answers.
         result, degraded = from_model(), True
     return _recommendations(result, None, model.version, degraded)
+
+
+# Learners: portraits, segments, audiences (docs/design.md section 10)
+
+LEARNER_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **AUTH_RESPONSES,
+    409: problem("no model is active yet"),
+}
+AudienceSize = Annotated[int, Query(ge=1, le=1000, description="how many learners")]
+
+
+def query_error(name: str, message: str, code: str) -> dict[str, Any]:
+    """One entry of a problem's `errors` for a query parameter (schemas.FieldError)."""
+    return {"loc": ["query", name], "field": f"query.{name}", "msg": message, "type": code}
+
+
+def _zone(name: str | None) -> tzinfo:
+    if name is None:
+        return UTC
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise InvalidInput(
+            f"unknown time zone {name!r}: use an IANA name such as Asia/Shanghai",
+            errors=[query_error("tz", "unknown time zone", "time_zone")],
+        ) from None
+
+
+@v1.get(
+    "/users/{user_id}/profile",
+    operation_id="get_user_profile",
+    tags=["learners"],
+    dependencies=[Depends(require("read"))],
+    response_class=Response,
+    responses={
+        200: {"model": Profile, "description": "the learner's portrait"},
+        **AUTH_RESPONSES,
+        404: problem("no profile and no events (or erased)"),
+    },
+)
+async def user_profile(
+    user_id: PathId,
+    serving: ServingDep,
+    session: SessionDep,
+    tz: Annotated[
+        str | None,
+        Query(
+            min_length=1,
+            max_length=64,
+            description="IANA time zone of the activity hours and weekdays (default UTC)",
+        ),
+    ] = None,
+) -> Response:
+    """Who is this learner? Interests, study habits, journey, segment and labels, computed now
+    from all of their events (those newer than the model included). Serialised straight to
+    JSON (shape: schemas.Profile): a long history makes a large answer."""
+    zone = _zone(tz)
+    items, types, values, times = await ingest.learner_events(
+        session, user_id, serving.settings.profile_max_events
+    )
+    if not items and not await ingest.user_exists(session, user_id):
+        raise NotFound(f"user {user_id!r} has no profile and no events")
+    events = portrait.LearnerEvents(
+        items,
+        types,
+        np.array([np.nan if v is None else v for v in values], dtype=np.float64),
+        np.array(times, dtype=np.float64),
+    )
+    live = serving.live
+    body = portrait.portrait(
+        events, serving.catalog, serving.portrait_config, portrait.now_seconds(), zone
+    )
+    model = live.scorer
+    segment = model.segment_of(user_id)
+    profile = {
+        "user_id": user_id,
+        "model_version": live.version,
+        **body,
+        "segment": (
+            {"segment_id": segment, "label": model.segments.info[segment].label}
+            if segment is not None and model.segments is not None
+            else None
+        ),
+    }
+    return Response(orjson.dumps(profile), media_type="application/json")
+
+
+@v1.get(
+    "/segments",
+    response_model=SegmentList,
+    operation_id="list_segments",
+    tags=["learners"],
+    dependencies=[Depends(require("read"))],
+    responses=AUTH_RESPONSES,
+)
+async def list_segments(serving: ServingDep) -> SegmentList:
+    """The learner segments of the active model (empty before the first model)."""
+    model = serving.scorer
+    if model.segments is None:
+        return SegmentList(model_version=model.version, segments=[])
+    sizes = model.audiences.segment_sizes(model.forgotten)
+    titles = serving.catalog.titles
+    return SegmentList(
+        model_version=model.version,
+        segments=[
+            SegmentOut(
+                segment_id=info.segment_id,
+                label=info.label,
+                size=sizes[info.segment_id],
+                categories=[LabelLift(**vars(c)) for c in info.categories],
+                tags=[LabelLift(**vars(t)) for t in info.tags],
+                top_courses=[
+                    SegmentCourse(item_id=i, title=titles.get(i, ""), learners=n)
+                    for i, n in info.top_items
+                ],
+            )
+            for info in model.segments.info
+        ],
+    )
+
+
+def _cursor(version: str, segment: int, row: int) -> str:
+    raw = orjson.dumps({"v": version, "s": segment, "r": row})
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _read_cursor(cursor: str, segment: int) -> tuple[str, int]:
+    try:
+        raw = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        version, cursor_segment, row = str(raw["v"]), raw["s"], raw["r"]
+        if not (isinstance(row, int) and row >= 0 and cursor_segment == segment):
+            raise ValueError
+    except (ValueError, TypeError, KeyError, binascii.Error, orjson.JSONDecodeError):
+        raise InvalidInput(
+            "cursor is not one this page returned: pass next_cursor unchanged",
+            errors=[query_error("cursor", "not a cursor of this segment's pages", "cursor")],
+        ) from None
+    return version, row
+
+
+@v1.get(
+    "/segments/{segment_id}/users",
+    response_model=SegmentMembers,
+    operation_id="list_segment_users",
+    tags=["learners"],
+    dependencies=[Depends(require("read"))],
+    responses={
+        **AUTH_RESPONSES,
+        404: problem("no such segment in the active model"),
+        409: problem("the cursor belongs to another model version: start again"),
+    },
+)
+async def segment_users(
+    segment_id: Annotated[int, Path(ge=0, le=1000)],
+    serving: ServingDep,
+    limit: Annotated[int, Query(ge=1, le=1000, description="learners per page")] = 100,
+    cursor: Annotated[
+        str | None, Query(max_length=512, description="next_cursor of the previous page")
+    ] = None,
+) -> SegmentMembers:
+    """A segment's learners, page by page (for campaigns); erased learners never appear."""
+    model = serving.scorer
+    if model.segments is None or model.version is None or segment_id >= model.segments.k:
+        raise NotFound(f"the active model has no segment {segment_id}")
+    after = -1
+    if cursor is not None:
+        version, after = _read_cursor(cursor, segment_id)
+        if version != model.version:
+            raise Conflict(
+                f"the cursor was made by model {version}; {model.version} is active now: "
+                "start again without a cursor"
+            )
+    users, last = model.audiences.segment_page(segment_id, after, limit, model.forgotten)
+    return SegmentMembers(
+        segment_id=segment_id,
+        model_version=model.version,
+        users=users,
+        next_cursor=_cursor(model.version, segment_id, last) if last is not None else None,
+    )
+
+
+def _audience(result: AudienceResult, version: str, item_id: str | None) -> Audience:
+    return Audience(
+        model_version=version,
+        item_id=item_id,
+        strategy=result.strategy,
+        basis=result.basis,
+        users=[AudienceMember(user_id=u, score=s) for u, s in result.users],
+    )
+
+
+def _live_model(serving: Serving) -> tuple[Live, str]:
+    live = serving.live
+    if live.version is None:
+        raise Conflict("no model is active yet: train one with POST /v1/models/train")
+    return live, live.version
+
+
+def _leaving_types(serving: Serving) -> list[str]:
+    """Event types after which a learner is no audience for a course: consumed, disliked."""
+    settings = serving.settings
+    return sorted({*settings.consumed_event_types, *settings.negative_event_types})
+
+
+@v1.get(
+    "/items/{item_id}/audience",
+    response_model=Audience,
+    operation_id="item_audience",
+    tags=["learners"],
+    dependencies=[Depends(require("read"))],
+    responses={
+        **LEARNER_RESPONSES,
+        404: problem("the model and the catalog text know no such item"),
+    },
+)
+async def item_audience(
+    item_id: PathId, serving: ServingDep, session: SessionDep, n: AudienceSize = 100
+) -> Audience:
+    """The learners most likely to take this course, best first. Learners who consumed or
+    disliked it (or another edition of it) are left out, and erased ones."""
+    live, version = _live_model(serving)
+    catalog = serving.catalog
+    family = catalog.families.get(item_id)
+    editions = catalog.family_members.get(family, (item_id,)) if family else (item_id,)
+    fresh = await ingest.users_with_events_after(
+        session, editions, _leaving_types(serving), live.cutoff
+    )
+    try:
+        result = await asyncio.to_thread(live.scorer.item_audience, item_id, n, catalog, fresh)
+    except scorer.UnknownItem:
+        raise NotFound(
+            f"item {item_id!r} is unknown to the model and has no catalog text"
+        ) from None
+    return _audience(result, version, item_id)
+
+
+@v1.post(
+    "/audiences",
+    response_model=Audience,
+    operation_id="topic_audience",
+    tags=["learners"],
+    dependencies=[Depends(require("read"))],
+    openapi_extra=body_doc(AudienceRequest),
+    responses=LEARNER_RESPONSES,
+)
+async def topic_audience(
+    serving: ServingDep,
+    session: SessionDep,
+    body: Annotated[AudienceRequest, Depends(parsed(AudienceRequest))],
+) -> Audience:
+    """The learners most likely to take courses of these categories or tags, best first (an
+    empty list when no course of the model has them)."""
+    live, version = _live_model(serving)
+    model, catalog = live.scorer, serving.catalog
+    categories, tags = frozenset(body.categories), frozenset(body.tags)
+    fresh: set[str] = set()
+    if body.exclude_consumed:
+        items = model.topic_items(categories, tags, catalog)
+        fresh = await ingest.users_with_events_after(
+            session, model.items.ids_of(items), _leaving_types(serving), live.cutoff
+        )
+    result = await asyncio.to_thread(
+        model.topic_audience, categories, tags, body.n, catalog, body.exclude_consumed, fresh
+    )
+    return _audience(result, version, None)
+
+
+# The dashboard's reads (docs/design.md section 11)
+
+
+@v1.get(
+    "/stats/overview",
+    response_model=stats.Overview,
+    operation_id="stats_overview",
+    tags=["dashboard"],
+    dependencies=[Depends(require("read"))],
+    responses=AUTH_RESPONSES,
+)
+async def stats_overview(
+    request: Request,
+    session: SessionDep,
+    models_dir: ModelsDirDep,
+    scopes: Annotated[list[str], Depends(key_scopes)],
+) -> stats.Overview:
+    """Everything the dashboard's overview shows, in one call of bounded queries: events per
+    hour and type (last 24 hours and 7 days, from the hourly rollup), totals, readiness, the
+    active model against the popularity baseline, lists served by strategy, fresh users."""
+    state = request.app.state
+    now = ingest.utcnow()
+    counter = getattr(state, "learner_count", None)
+    if counter is None:
+        counter = state.learner_count = stats.LearnerCount(state.sessionmaker, state.background)
+    learners, counted_at = await counter.get()
+    serving: Serving = state.serving
+    return stats.Overview(
+        generated_at=now,
+        key_scopes=scopes,
+        readiness=await _readiness(state),
+        events_total=await stats.events_total(session),
+        learners_total=learners,
+        learners_counted_at=counted_at,
+        courses_total=await stats.courses_total(session),
+        events_per_hour=await stats.hourly_series(session, now),
+        active_model=stats.active_model(await registry.active_version(session, models_dir)),
+        recommendations_by_strategy=stats.recommendations_by_strategy(),
+        fresh_users=serving.fresh_users.size,
+    )
+
+
+TimelineSize = Annotated[
+    int, Query(ge=1, le=stats.MAX_TIMELINE_EVENTS, description="how many events, newest first")
+]
+
+
+@v1.get(
+    "/users/{user_id}/events",
+    response_model=stats.Timeline,
+    operation_id="list_user_events",
+    tags=["learners"],
+    dependencies=[Depends(require("read"))],
+    responses={**AUTH_RESPONSES, 404: problem("no profile and no events (or erased)")},
+)
+async def user_events(
+    user_id: PathId, session: SessionDep, limit: TimelineSize = 50
+) -> stats.Timeline:
+    """A learner's newest events with course titles, newest first (the dashboard's timeline)."""
+    events = await stats.timeline(session, user_id, limit)
+    if not events and not await ingest.user_exists(session, user_id):
+        raise NotFound(f"user {user_id!r} has no profile and no events")
+    return stats.Timeline(user_id=user_id, events=events)

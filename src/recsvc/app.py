@@ -20,7 +20,7 @@ from fastapi.telemetry import TelemetryConfig
 from pydantic.json_schema import models_json_schema
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from recsvc import __version__, db, jobs, metrics
+from recsvc import __version__, dashboard, db, jobs, metrics
 from recsvc.access import AccessMiddleware
 from recsvc.api import DOC_MODELS, ops, v1
 from recsvc.config import Settings, get_settings
@@ -123,6 +123,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.head_revision = db.head_revision()
     app.include_router(ops)
     app.include_router(v1)
+    dashboard.mount(app)
     install_handlers(app, settings.db_retry_after_seconds)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     # Outermost: the request id, access line and HTTP metrics cover every response.

@@ -12,6 +12,8 @@ A version folder holds plain arrays and JSON only (no pickle, loaded with allow_
                        see ModelArtifact.fold_in_basis
     text_terms.json,   the item text index (optional, see features.TextIndex)
     text_index.npz
+    segments.npz,      the learner segments: each user row's segment and the centroids, and
+    segments.json      their descriptions (optional, see segments.Segments)
     manifest.json      version, params, sizes, metrics, created_at, code version, and the
                        sha256 of every other file
 
@@ -45,6 +47,7 @@ import scipy.sparse as sp
 from recsvc import __version__ as code_version
 from recsvc.config import DEFAULT_CONSUMED_TYPES
 from recsvc.features import Confidence, Interactions, TextIndex, Vocabulary
+from recsvc.segments import Segments
 from recsvc.training import ALSParams, TrainedModel
 
 FORMAT_VERSION = 1
@@ -86,6 +89,7 @@ class ModelArtifact:
     # None in models saved before they were stored: use `fold_in_basis`.
     user_weights: sp.csr_matrix | None = None
     confidence: Confidence | None = None
+    segments: Segments | None = None
 
     @property
     def n_users(self) -> int:
@@ -125,6 +129,7 @@ class ModelArtifact:
         text_index: TextIndex | None = None,
         extra: Mapping[str, Any] | None = None,
         consumed_types: Iterable[str] = DEFAULT_CONSUMED_TYPES,
+        segments: Segments | None = None,
     ) -> ModelArtifact:
         return cls(
             version=version,
@@ -146,6 +151,7 @@ class ModelArtifact:
             extra=dict(extra or {}),
             user_weights=trained.user_weights,
             confidence=trained.confidence,
+            segments=segments,
         )
 
 
@@ -234,6 +240,8 @@ def save(artifact: ModelArtifact, models_dir: Path) -> Path:
                 **_csr_arrays("user_weights", sp.csr_matrix(artifact.user_weights)),
                 **artifact.confidence.to_arrays(),
             }
+        if artifact.segments is not None:
+            arrays["segments.npz"] = artifact.segments.to_arrays()
         written: list[Path] = []
         for name, content in arrays.items():
             with (temp / name).open("wb") as fh:
@@ -241,6 +249,9 @@ def save(artifact: ModelArtifact, models_dir: Path) -> Path:
             written.append(temp / name)
         if artifact.text_index is not None:
             written.extend(artifact.text_index.save(temp))
+        if artifact.segments is not None:
+            (temp / "segments.json").write_text(artifact.segments.info_json(), encoding="utf-8")
+            written.append(temp / "segments.json")
 
         manifest = {
             "format_version": FORMAT_VERSION,
@@ -332,11 +343,17 @@ def load(path: Path) -> ModelArtifact:
             with np.load(path / "confidence.npz", allow_pickle=False) as npz:
                 user_weights = _csr_from(npz, "user_weights")
                 confidence = Confidence.from_arrays(npz)
+        segments: Segments | None = None
+        if "segments.npz" in manifest["files"]:
+            with np.load(path / "segments.npz", allow_pickle=False) as npz:
+                segments = Segments.from_stored(
+                    npz, (path / "segments.json").read_text(encoding="utf-8")
+                )
         text_index = TextIndex.load(path) if manifest.get("has_text_index") else None
         params = ALSParams.from_dict(manifest["params"])
     except ArtifactError:
         raise
-    except (OSError, KeyError, ValueError, TypeError) as exc:
+    except (OSError, KeyError, ValueError, TypeError, UnicodeDecodeError) as exc:
         raise ArtifactError(f"{path}: unreadable model files: {exc}") from exc
 
     n_users, n_items = len(users), len(items)
@@ -362,6 +379,8 @@ def load(path: Path) -> ModelArtifact:
     for name, array in (("popularity", popularity), ("recent_popularity", recent_popularity)):
         if array.shape != (n_items,):
             problems.append(f"{name} shape {array.shape} vs {n_items} items")
+    if segments is not None and segments.of_user.shape != (n_users,):
+        problems.append(f"segments of {segments.of_user.shape} users vs {n_users}")
     if (manifest.get("n_users"), manifest.get("n_items")) != (n_users, n_items):
         problems.append("manifest sizes differ from the arrays")
     if problems:
@@ -388,6 +407,7 @@ def load(path: Path) -> ModelArtifact:
         extra=dict(manifest.get("extra", {})),
         user_weights=user_weights,
         confidence=confidence,
+        segments=segments,
     )
 
 
@@ -457,6 +477,8 @@ def without_users(model: ModelArtifact, user_ids: Iterable[str]) -> ModelArtifac
         for name in _PER_USER_ROWS
         if (matrix := getattr(model, name)) is not None  # user_weights of older models
     }
+    if model.segments is not None:
+        changed["segments"] = model.segments.without_rows(keep)
     return replace(model, users=Vocabulary(model.users.ids[keep]), **changed)
 
 

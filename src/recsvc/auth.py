@@ -61,6 +61,20 @@ def require(scope: Scope) -> Callable[..., Awaitable[None]]:
     return check
 
 
+async def key_scopes(
+    request: Request,
+    api_key: ApiKeyHeader,
+    bearer: BearerToken,
+) -> list[str]:
+    """The scopes of the key a request presented (all of them when auth is disabled); use after
+    a `require` dependency has admitted the request."""
+    settings: Settings = request.app.state.settings
+    if settings.auth_disabled:
+        return ["admin", "ingest", "read"]
+    presented = _presented(api_key, bearer)
+    return sorted(scopes_of(presented, settings) or ()) if presented else []
+
+
 async def require_metrics_access(
     request: Request,
     api_key: ApiKeyHeader,

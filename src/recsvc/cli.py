@@ -1,4 +1,5 @@
-"""The `recsvc` command (also `python -m recsvc`): serve, migrate, import, openapi."""
+"""The `recsvc` command (also `python -m recsvc`): serve, migrate, import, export, train,
+openapi, ..."""
 
 from __future__ import annotations
 
@@ -192,9 +193,10 @@ def metrics_table(
     return "\n".join(lines)
 
 
-async def _train(settings: Settings, force: bool) -> int:
-    """Run one training job to its end and print what happened; the exit code."""
-    from recsvc import pipeline, registry
+async def _train(settings: Settings, force: bool, spark: Any = None) -> int:
+    """Run one training job to its end and print what happened; the exit code. `spark`: a
+    pipeline.SparkTraining for `--engine spark`."""
+    from recsvc import export_files, pipeline, registry
     from recsvc.errors import Conflict
 
     async with _database(settings) as sessionmaker:
@@ -205,8 +207,12 @@ async def _train(settings: Settings, force: bool) -> int:
                 print(f"recsvc train: {exc.detail}", file=sys.stderr)
                 return 2
         try:
-            outcome = await pipeline.run_job(settings, sessionmaker, job.job_id, force)
-        except pipeline.NoData as exc:
+            outcome = await pipeline.run_job(settings, sessionmaker, job.job_id, force, spark)
+        except (
+            pipeline.NoData,
+            pipeline.EngineUnavailable,
+            export_files.ExportError,
+        ) as exc:
             raise CommandError(str(exc)) from None
     print(
         f"version {outcome.version} (job {job.job_id}): {outcome.n_users:,} users, "
@@ -244,17 +250,48 @@ async def _train(settings: Settings, force: bool) -> int:
     return 0
 
 
+def _spark_training(args: argparse.Namespace, settings: Settings) -> Any:
+    """The Spark engine's options from `recsvc train`'s arguments (None: the implicit engine)."""
+    from recsvc.pipeline import SparkTraining
+
+    if args.engine != "spark":
+        if args.events is not None or args.spark_master is not None or args.spark_conf:
+            raise CommandError("--events, --spark-master and --spark-conf go with --engine spark")
+        return None
+    events = args.events or settings.export_dir
+    if events is None:
+        raise CommandError(
+            "--engine spark needs --events DIR (a `recsvc export events DIR` folder) or "
+            "RECSVC_EXPORT_DIR"
+        )
+    config: dict[str, str] = {}
+    for setting in args.spark_conf or []:
+        key, equals, value = setting.partition("=")
+        if not equals or not key.strip():
+            raise CommandError(f"--spark-conf takes KEY=VALUE, got {setting!r}")
+        config[key.strip()] = value
+    return SparkTraining(Path(events), master=args.spark_master, config=config)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     settings = _settings()
+    spark = _spark_training(args, settings)
+    if spark is not None:
+        from recsvc.pipeline import EngineUnavailable, spark_engine_module
+
+        try:
+            spark_engine_module()
+        except EngineUnavailable as exc:
+            raise CommandError(str(exc)) from None
     if args.every is None:
-        return asyncio.run(_train(settings, args.force))
+        return asyncio.run(_train(settings, args.force, spark))
     # A scheduled trainer (e.g. compose's `trainer` service): train now and then every
     # DURATION, whatever one run's outcome; SIGTERM ends it with exit code 0.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     while True:
         started = time.monotonic()
         try:
-            asyncio.run(_train(settings, args.force))
+            asyncio.run(_train(settings, args.force, spark))
         except Exception as exc:
             if args.verbose:
                 log.exception("training failed")
@@ -263,6 +300,34 @@ def cmd_train(args: argparse.Namespace) -> int:
         pause = max(0.0, args.every - (time.monotonic() - started))
         print(f"next training in {pause:,.0f} s", file=sys.stderr, flush=True)
         time.sleep(pause)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from recsvc import export, export_files
+
+    settings = _settings()
+    directory = args.dir or settings.export_dir
+    if directory is None:
+        raise CommandError("give the folder: recsvc export events DIR (or set RECSVC_EXPORT_DIR)")
+    directory = Path(directory)
+
+    async def go() -> export.ExportReport:
+        async with _database(settings) as sessionmaker:
+            return await export.export_events(sessionmaker, directory)
+
+    try:
+        report = asyncio.run(go())
+        print(
+            f"export run {report.run} into {directory}: {report.n_events:,} new events in "
+            f"{report.files} file(s), up to {report.cutoff}; "
+            f"{report.erased_logged} erased learner(s) newly logged"
+        )
+        if args.rewrite:
+            files, removed = export.rewrite(directory)
+            print(f"rewrote {files} file(s) without {removed:,} events of erased learners")
+    except export_files.ExportError as exc:
+        raise CommandError(str(exc)) from None
+    return 0
 
 
 def duration(text: str) -> float:
@@ -374,6 +439,9 @@ recsvc demo is starting on {base} (docs: {base}/docs)
 API key (admin, read, ingest): {key}
 
   curl -s '{base}/v1/users/u00042/recommendations?n=5&explain=true' -H 'X-API-Key: {key}'
+  curl -s '{base}/v1/users/u00042/profile?tz=Asia/Shanghai' -H 'X-API-Key: {key}'
+  curl -s {base}/v1/segments -H 'X-API-Key: {key}'
+  curl -s '{base}/v1/items/c0001/audience?n=20' -H 'X-API-Key: {key}'
   curl -s {base}/v1/models/active -H 'X-API-Key: {key}'
   curl -s -X POST {base}/v1/events -H 'X-API-Key: {key}' -H 'content-type: application/json' \\
        -d '{{"events": [{{"user_id": "u00042", "item_id": "c0001", "type": "enroll"}}]}}'
@@ -461,6 +529,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--force", action="store_true", help="activate even if worse")
     train.add_argument(
+        "--engine",
+        choices=["implicit", "spark"],
+        default="implicit",
+        help="implicit: all events in this process (default); spark: Apache Spark MLlib on an "
+        "events export (needs --events, the extra recsvc[spark] and Java 17)",
+    )
+    train.add_argument(
+        "--events",
+        metavar="DIR",
+        help="--engine spark: the `recsvc export events` folder (default RECSVC_EXPORT_DIR)",
+    )
+    train.add_argument(
+        "--spark-master",
+        metavar="MASTER",
+        help="--engine spark: local[2], spark://host:7077, yarn, ... (default: spark-submit's, "
+        "else local[*])",
+    )
+    train.add_argument(
+        "--spark-conf",
+        action="append",
+        metavar="KEY=VALUE",
+        help="--engine spark: a Spark setting, e.g. spark.driver.memory=8g (repeatable)",
+    )
+    train.add_argument(
         "--every",
         type=duration,
         metavar="DURATION",
@@ -468,6 +560,23 @@ def build_parser() -> argparse.ArgumentParser:
         "a failed run; SIGTERM stops it",
     )
     train.set_defaults(func=cmd_train)
+
+    exp = command(
+        "export",
+        help="write the events as Parquet, partitioned by day; incremental (for --engine spark)",
+        description="Each run writes only the events stored since the previous run into "
+        "DIR/events/day=YYYY-MM-DD/, records the database cutoff it reached in "
+        "DIR/manifest.json and appends newly erased learners to DIR/erased.jsonl (training "
+        "with --engine spark leaves their older events out).",
+    )
+    exp.add_argument("kind", choices=["events"], help="what to export")
+    exp.add_argument("dir", nargs="?", metavar="DIR", help="folder (default RECSVC_EXPORT_DIR)")
+    exp.add_argument(
+        "--rewrite",
+        action="store_true",
+        help="also rewrite older files without the events of erased learners",
+    )
+    exp.set_defaults(func=cmd_export)
 
     evaluate = command(
         "evaluate",

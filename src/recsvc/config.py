@@ -48,6 +48,11 @@ class Settings(BaseSettings):
         description="SQLAlchemy async URL; production: postgresql+asyncpg://user@host/db",
     )
     models_dir: Path = Field(Path("./models"), description="where model versions are stored")
+    export_dir: Path | None = Field(
+        None,
+        description="the events export (`recsvc export events`): its default folder, and where "
+        "trainings log erasures before the database forgets them; unset: no export",
+    )
     db_connections_per_worker: int = Field(
         DEFAULT_CONNECTIONS_PER_WORKER,
         ge=MIN_CONNECTIONS_PER_WORKER,
@@ -164,6 +169,56 @@ class Settings(BaseSettings):
     )
     model_poll_seconds: float = Field(
         2.0, gt=0, le=5, description="how often a worker checks for a newly activated model"
+    )
+
+    # Learner portraits, segments and audiences (docs/design.md section 10)
+    profile_half_life_days: float | None = Field(
+        30.0,
+        gt=0,
+        description="how fast a learner's interests in GET /v1/users/{id}/profile fade: an "
+        "event this many days old counts half (unset: no fading, like training by default)",
+    )
+    profile_max_events: int = Field(
+        10_000, ge=100, description="newest events of a learner a profile reads"
+    )
+    segments: int | None = Field(
+        None,
+        ge=2,
+        le=100,
+        description="learner segments (k-means clusters) made at training; unset: chosen "
+        "between 4 and 12 by silhouette on a sample",
+    )
+    label_new_days: float = Field(
+        14, gt=0, description="label `new`: first seen fewer than this many days ago"
+    )
+    label_at_risk_gap_factor: float = Field(
+        2.0,
+        gt=0,
+        description="label `at_risk`: silent for more than this many times the learner's usual "
+        "gap between active days ...",
+    )
+    label_at_risk_min_days: float = Field(
+        14, gt=0, description="... and for at least this many days"
+    )
+    label_high_intent_days: float = Field(
+        7,
+        ge=0,
+        description="label `high_intent`: a favourite or cart item unbought for this many days",
+    )
+    label_completer_min_courses: int = Field(
+        2, ge=1, description="label `completer`: at least this many courses completed ..."
+    )
+    label_completer_min_ratio: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="... and at least this share of the courses they enrolled in or bought",
+    )
+    label_price_sensitive_ratio: float = Field(
+        0.6,
+        gt=0,
+        description="label `price_sensitive`: the median price of the courses they consumed is "
+        "below this share of the median price of the courses they only looked at",
     )
 
     # Operations

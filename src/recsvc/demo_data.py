@@ -997,6 +997,9 @@ class DemoData:
     seed: int = 7
     end: str = "2026-11-01T00:00:00Z"
     counts: dict[str, int] = field(default_factory=dict)
+    # Ground truth for tests and benchmarks (never written to the files): each learner's 1-3
+    # subject interests (top-level categories), the main one first.
+    interests: dict[str, list[str]] = field(default_factory=dict)
 
 
 def _parse_end(end: datetime | str) -> int:
@@ -1543,8 +1546,19 @@ def generate(
     ]
     end_iso = _iso(np.array([end_ts]))[0]
     counts = {"items": n_items, "users": n_users, "events": len(events)}
+    subjects = list(SUBJECTS)
+    interests = {
+        user_ids[u]: [subjects[int(s)] for s in hu["interests"][u, : int(hu["n_int"][u])]]
+        for u in range(n_users)
+    }
     return DemoData(
-        items=cat.items, users=users, events=events, seed=seed, end=end_iso, counts=counts
+        items=cat.items,
+        users=users,
+        events=events,
+        seed=seed,
+        end=end_iso,
+        counts=counts,
+        interests=interests,
     )
 
 

@@ -39,13 +39,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from recsvc import db
 from recsvc.errors import NotFound
 from recsvc.schemas import EventIn, ItemIn, ItemOut, ItemWithId, UserOut
-from recsvc.tables import ErasedUser, Event, Item, Revision, User
+from recsvc.tables import ErasedUser, Event, EventCountHourly, EventLearner, Item, Revision, User
 
 EVENTS = Event.__table__
 ITEMS = Item.__table__
 USERS = User.__table__
 ERASED = ErasedUser.__table__
 REVISIONS = Revision.__table__
+HOURLY = EventCountHourly.__table__
+LEARNERS = EventLearner.__table__
 
 
 def utcnow() -> datetime:
@@ -91,7 +93,7 @@ _INSERT_EVENTS_PG = text(
     FROM unnest(:event_ids, :user_ids, :item_ids, :types, :event_values, :occurred, :contexts)
         AS batch(e, u, i, t, v, o, c)
     ON CONFLICT (event_id) DO NOTHING
-    RETURNING user_id, type
+    RETURNING user_id, type, occurred_at
     """
 ).bindparams(
     bindparam("event_ids", type_=ARRAY(String)),
@@ -173,13 +175,15 @@ async def insert_events(session: AsyncSession, events: Sequence[EventIn]) -> Ins
                 "received_at": now,
             },
         )
-        stored = result.all()  # (user_id, type) of each stored event
-        users = [user for user, _ in stored]
+        stored = result.all()  # (user_id, type, occurred_at) of each stored event
+        users = [user for user, _, _ in stored]
         if users:  # tell the serving workers, when the transaction commits (see freshness.py)
             await session.execute(
                 _NOTIFY_PG, {"channel": EVENTS_CHANNEL, "payloads": notify_payloads(users)}
             )
-        return Inserted(len(stored), len(events) - len(stored), Counter(t for _, t in stored))
+        await count_hourly(session, [(t, o) for _, t, o in stored], +1)
+        await _note_learners(session, users)
+        return Inserted(len(stored), len(events) - len(stored), Counter(t for _, t, _ in stored))
     else:
         rows = [
             {
@@ -197,12 +201,57 @@ async def insert_events(session: AsyncSession, events: Sequence[EventIn]) -> Ins
         stmt = (
             sqlite.insert(EVENTS)
             .on_conflict_do_nothing(index_elements=["event_id"])
-            .returning(EVENTS.c.type)
+            .returning(EVENTS.c.type, EVENTS.c.occurred_at, EVENTS.c.user_id)
         )
-        result = await session.execute(stmt, rows)
-        types = Counter(result.scalars().all())
+        stored_rows = (await session.execute(stmt, rows)).all()
+        await count_hourly(session, [(t, o) for t, o, _ in stored_rows], +1)
+        await _note_learners(session, [u for _, _, u in stored_rows])
+        types = Counter(t for t, _, _ in stored_rows)
         accepted = types.total()
         return Inserted(accepted, len(events) - accepted, types)
+
+
+async def _note_learners(session: AsyncSession, users: Sequence[str]) -> None:
+    """Add the learners of stored events to event_learners (those not there yet), in key
+    order like the rollup."""
+    distinct = sorted(set(users))
+    if distinct:
+        stmt = _dialect_insert(session)(LEARNERS).values([{"user_id": u} for u in distinct])
+        await session.execute(stmt.on_conflict_do_nothing(index_elements=["user_id"]))
+
+
+def hour_of(when: datetime) -> datetime:
+    """The UTC hour an event occurred in: its row of event_counts_hourly."""
+    return as_utc(when).replace(minute=0, second=0, microsecond=0)
+
+
+async def count_hourly(
+    session: AsyncSession, stored: Sequence[tuple[str, datetime]], sign: int
+) -> None:
+    """Add (sign=+1) or take away (-1) events, given as (type, occurred_at), in the hourly
+    rollup, in the caller's transaction. Rows are written in key order, so concurrent batches
+    wait for each other's rows instead of deadlocking; a batch holds its rows until it commits.
+    """
+    counts = Counter((hour_of(when), kind) for kind, when in stored)
+    if not counts:
+        return
+    if sign < 0:
+        await session.execute(
+            update(HOURLY)
+            .where(HOURLY.c.hour == bindparam("h"), HOURLY.c.type == bindparam("t"))
+            .values(count=HOURLY.c.count - bindparam("n")),
+            [{"h": hour, "t": kind, "n": n} for (hour, kind), n in sorted(counts.items())],
+        )
+        await session.execute(delete(HOURLY).where(HOURLY.c.count <= 0))
+        return
+    stmt = _dialect_insert(session)(HOURLY).values(
+        [{"hour": hour, "type": kind, "count": n} for (hour, kind), n in sorted(counts.items())]
+    )
+    await session.execute(
+        stmt.on_conflict_do_update(
+            index_elements=["hour", "type"], set_={"count": HOURLY.c.count + stmt.excluded.count}
+        )
+    )
 
 
 # --- items --------------------------------------------------------------------------------------
@@ -341,9 +390,17 @@ async def delete_user(session: AsyncSession, user_id: str) -> int:
     """Right to be forgotten: the profile and every event of the user, and an entry in the
     erased list, which makes every serving worker forget the user's model rows (serving.py);
     returns the number of events erased."""
-    erased = await session.execute(delete(EVENTS).where(EVENTS.c.user_id == user_id))
+    erased = (
+        await session.execute(
+            delete(EVENTS)
+            .where(EVENTS.c.user_id == user_id)
+            .returning(EVENTS.c.type, EVENTS.c.occurred_at)
+        )
+    ).all()
+    await count_hourly(session, [(t, o) for t, o in erased], -1)
+    await session.execute(delete(LEARNERS).where(LEARNERS.c.user_id == user_id))
     profile = await session.execute(delete(USERS).where(USERS.c.id == user_id))
-    if erased.rowcount == 0 and profile.rowcount == 0:
+    if not erased and profile.rowcount == 0:
         raise NotFound(f"user {user_id!r} has no profile and no events")
     revision = await _bump_revision(session, "erasure")
     stmt = _dialect_insert(session)(ERASED).values(
@@ -355,7 +412,7 @@ async def delete_user(session: AsyncSession, user_id: str) -> int:
             set_={"erased_at": stmt.excluded.erased_at, "revision": stmt.excluded.revision},
         )
     )
-    return int(erased.rowcount)
+    return len(erased)
 
 
 async def erased_users(session: AsyncSession) -> dict[str, int]:
@@ -700,6 +757,70 @@ class RecentEventsReader:
     async def close(self) -> None:
         if self._pool is not None:
             await self._pool.close()
+
+
+# --- reads for portraits and audiences (portrait.py, audience.py) -------------------------------
+
+
+async def learner_events(
+    session: AsyncSession, user_id: str, limit: int
+) -> tuple[list[str], list[str], list[float | None], list[float]]:
+    """The learner's newest `limit` events, oldest first, as columns: item ids, types, values
+    and occurrence times in unix seconds (one indexed query on (user_id, txid))."""
+    query = (
+        select(
+            EVENTS.c.item_id,
+            EVENTS.c.type,
+            EVENTS.c.value,
+            # seconds computed by the database: a datetime per row costs more than the query
+            cast(extract("epoch", EVENTS.c.occurred_at), Float),
+        )
+        .where(EVENTS.c.user_id == user_id)
+        .order_by(EVENTS.c.occurred_at.desc(), EVENTS.c.id.desc())
+        .limit(limit)
+    )
+    rows = (await session.execute(query)).all()
+    rows.reverse()
+    items, types, values, seconds = zip(*rows, strict=True) if rows else ((), (), (), ())
+    return list(items), list(types), list(values), [float(s) for s in seconds]
+
+
+MAX_IN_LIST = 1000
+# The events a model of a snapshot cutoff does not hold (see Cutoff), as a WHERE clause.
+_NOT_IN_SNAPSHOT = text(
+    "events.txid >= :xmin AND NOT pg_visible_in_snapshot("
+    "CAST(CAST(events.txid AS text) AS xid8), CAST(CAST(:snapshot AS text) AS pg_snapshot))"
+)
+
+
+async def users_with_events_after(
+    session: AsyncSession, item_ids: Sequence[str], types: Sequence[str], cutoff: Cutoff | None
+) -> set[str]:
+    """Learners with an event of `types` on one of `item_ids` that the model of `cutoff` does
+    not hold (e.g. who enrolled after training): read from the events newer than the model
+    (the txid index on PostgreSQL, the id on SQLite)."""
+    if not item_ids or not types:
+        return set()
+    many = len(item_ids) > MAX_IN_LIST  # then filtered here: databases bound their parameters
+    query = select(EVENTS.c.user_id, EVENTS.c.item_id).where(EVENTS.c.type.in_(list(types)))
+    if not many:
+        query = query.where(EVENTS.c.item_id.in_(list(item_ids))).distinct()
+    if cutoff is not None and cutoff.snapshot is not None:
+        query = query.where(
+            _NOT_IN_SNAPSHOT.bindparams(xmin=cutoff.snapshot_xmin, snapshot=cutoff.snapshot)
+        )
+    elif cutoff is not None and cutoff.max_id is not None:
+        query = query.where(EVENTS.c.id > cutoff.max_id)
+    elif cutoff is not None and cutoff.received_after is not None:
+        query = query.where(EVENTS.c.received_at > cutoff.received_after)
+    wanted = set(item_ids) if many else None
+    return {row[0] for row in await session.execute(query) if wanted is None or row[1] in wanted}
+
+
+async def user_exists(session: AsyncSession, user_id: str) -> bool:
+    """Whether the learner has a profile row (events aside)."""
+    found = await session.execute(select(USERS.c.id).where(USERS.c.id == user_id))
+    return found.first() is not None
 
 
 async def popular_items(

@@ -6,6 +6,10 @@
     -> artifact.save (models/<version>/, atomic) -> registry (record; activate if not worse)
     -> older versions rewritten without erased learners, then pruned
 
+`run_training(..., spark=SparkTraining(...))` takes the other engine (`recsvc train --engine
+spark`): features and ALS in Apache Spark from an events export (spark_engine.py), then the same
+artifact, registry, guard and activation; the version records its engine.
+
 The CPU-heavy middle runs in a worker thread; the job's heartbeat keeps ticking meanwhile, so a
 job whose process dies is noticed (RECSVC_JOB_STALE_SECONDS) instead of blocking training forever.
 """
@@ -16,7 +20,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -35,11 +39,13 @@ from recsvc.features import (
     item_text,
 )
 from recsvc.lists import category_codes
+from recsvc.segments import segment_learners
 from recsvc.training import (
     ActiveModel,
     ALSParams,
     Comparison,
     PopularityModel,
+    TrainedModel,
     Trial,
     evaluate,
     evaluate_active,
@@ -57,6 +63,42 @@ log = logging.getLogger("recsvc.pipeline")
 
 class NoData(ValueError):
     """An expected condition, not a fault: nothing to train, tune or evaluate on yet."""
+
+
+class EngineUnavailable(RuntimeError):
+    """The chosen training engine cannot run here; the message says what to install."""
+
+
+@dataclass(frozen=True)
+class SparkTraining:
+    """`recsvc train --engine spark`: the events export to read and how to reach Spark
+    (`master` None: spark-submit's choice, else local[*]; `blocks`: MLlib's user/item blocks,
+    None: one per core, spark_engine.default_blocks; `config`: Spark settings, e.g.
+    spark.driver.memory)."""
+
+    events_dir: Path
+    master: str | None = None
+    shuffle_partitions: int | None = None
+    blocks: int | None = None
+    config: dict[str, str] = field(default_factory=dict)
+
+
+def spark_engine_module() -> Any:
+    """recsvc.spark_engine, or EngineUnavailable naming the missing piece."""
+    try:
+        from recsvc import spark_engine
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] in ("pyspark", "py4j"):
+            raise EngineUnavailable(
+                "--engine spark needs the optional extra: pip install 'recsvc[spark]'"
+            ) from None
+        raise
+    if not spark_engine.java_available():
+        raise EngineUnavailable(
+            "--engine spark needs Java 17 or newer: apt-get install openjdk-17-jre-headless "
+            "(or set JAVA_HOME)"
+        )
+    return spark_engine
 
 
 def feature_config(settings: Settings) -> FeatureConfig:
@@ -291,7 +333,20 @@ def _fit_and_save(
         diversity=settings.diversity,
     )
     seconds.update(trained.seconds)
+    return _save_model(settings, trained, interactions, catalog, snapshot, seconds)
 
+
+def _save_model(
+    settings: Settings,
+    trained: TrainedModel,
+    interactions: Interactions,
+    catalog: list[ingest.CatalogItem],
+    snapshot: dict[str, Any],
+    seconds: dict[str, float],
+) -> _Fitted:
+    """What every training engine does after its fit: the text index, the learner segments,
+    and the artifact written to models_dir (CPU only, no database)."""
+    clock = time.perf_counter
     start = clock()
     text_index = None
     if catalog:
@@ -299,6 +354,18 @@ def _fit_and_save(
             [c.item_id for c in catalog], [item_text(*c.text) for c in catalog]
         )
     seconds["text_index"] = clock() - start
+
+    start = clock()
+    segments = segment_learners(
+        trained.user_factors,
+        trained.user_weights,
+        trained.items.ids.tolist(),
+        {c.item_id: c.categories for c in catalog},
+        {c.item_id: c.text[2] for c in catalog},
+        k=settings.segments,
+        seed=settings.random_seed,
+    )
+    seconds["segments"] = clock() - start
 
     start = clock()
     version = artifact.new_version()
@@ -314,11 +381,83 @@ def _fit_and_save(
         "n_test_users": trained.n_test_users,
     }
     model = artifact.ModelArtifact.from_training(
-        version, trained, interactions, text_index, extra, settings.consumed_event_types
+        version,
+        trained,
+        interactions,
+        text_index,
+        extra,
+        settings.consumed_event_types,
+        segments,
     )
     path = artifact.save(model, settings.models_dir)
     seconds["save"] = clock() - start
     return _Fitted(model, trained.comparison, path, seconds)
+
+
+def _fit_spark_and_save(
+    settings: Settings,
+    job: SparkTraining,
+    catalog: list[ingest.CatalogItem],
+    active_path: str | None,
+    snapshot: dict[str, Any],
+    erased: dict[str, int],
+) -> _Fitted:
+    """`_fit_and_save` with Spark for the features and the fits (spark_engine.py); the model
+    holds the export's events, so it records the export's cutoff."""
+    from recsvc import export_files
+
+    engine = spark_engine_module()
+    clock = time.perf_counter
+    spark = engine.session(job.master, job.shuffle_partitions, job.config)
+    prepared = engine.prepare(
+        spark,
+        job.events_dir,
+        feature_config(settings),
+        erased=erased,
+        consumed_types=settings.consumed_event_types,
+        holdout_fraction=settings.holdout_fraction,
+        seed=settings.random_seed,
+        max_eval_users=settings.eval_max_users,
+    )
+    seconds: dict[str, float] = dict(prepared.seconds)
+    interactions = prepared.interactions
+    if interactions.weights.nnz == 0:
+        raise NoData(f"the export in {job.events_dir} holds no events to train on yet")
+
+    start = clock()
+    family_of = item_families(settings, catalog, interactions)
+    seconds["families"] = clock() - start
+
+    trained, info = engine.fit(
+        prepared,
+        als_params(settings),
+        active=_load_active(active_path, settings.models_dir),
+        family_of=family_of,
+        max_per_family=settings.max_per_family,
+        item_categories=item_categories(catalog, interactions),
+        diversity=settings.diversity,
+        blocks=job.blocks,
+    )
+    seconds.update(trained.seconds)
+    recorded = {
+        **snapshot,
+        "events_cutoff": export_files.last_cutoff(prepared.manifest),
+        "engine": info,
+    }
+    return _save_model(settings, trained, interactions, catalog, recorded, seconds)
+
+
+def _check_export(job: SparkTraining, dialect: str) -> None:
+    """The export exists and comes from this database's kind (its cutoff must mean the same
+    to serving)."""
+    from recsvc import export_files
+
+    manifest = export_files.require_manifest(job.events_dir)
+    if manifest.get("dialect") != dialect:
+        raise export_files.ExportError(
+            f"{job.events_dir} was exported from {manifest.get('dialect')}, the database is "
+            f"{dialect}: export from the database you train for"
+        )
 
 
 async def _heartbeat(
@@ -339,21 +478,28 @@ async def run_training(
     *,
     force: bool = False,
     job_id: str | None = None,
+    spark: SparkTraining | None = None,
 ) -> TrainingOutcome:
     clock = time.perf_counter
+    if spark is not None:
+        spark_engine_module()  # fail before reading anything when it cannot run
     start = clock()
     async with sessionmaker() as session:
         # One snapshot: the model holds exactly the events of `table.cutoff`, and the erased
         # list read with them names every learner erased before it.
         await ingest.begin_snapshot(session)
-        table = await ingest.read_events(session)
+        # The Spark engine reads the events from the export instead.
+        table = await ingest.read_events(session) if spark is None else None
         catalog = await ingest.read_catalog(session)
         erased = await ingest.erased_users(session)
         erasure_revision = (await ingest.revisions(session)).get("erasure", 0)
         active = await registry.active_version(session)
+        dialect = str(session.bind.dialect.name)
     query_seconds = clock() - start
-    if not len(table):
+    if table is not None and not len(table):
         raise NoData("there are no events to train on yet")
+    if spark is not None:
+        _check_export(spark, dialect)
 
     beat = None
     if job_id:
@@ -361,19 +507,32 @@ async def run_training(
         interval = min(5.0, settings.job_stale_seconds / 4)
         beat = asyncio.create_task(_heartbeat(sessionmaker, job_id, interval))
     try:
-        fitted = await asyncio.to_thread(
-            _fit_and_save,
-            settings,
-            table,
-            catalog,
-            active.artifact_path if active else None,
-            {
-                # Serving folds in exactly the events outside this cutoff, and forgets the
-                # learners erased after this revision (docs/design.md sections 2 and 3).
-                "events_cutoff": table.cutoff.to_dict(),
-                "erasure_revision": erasure_revision,
-            },
-        )
+        if table is not None:
+            fitted = await asyncio.to_thread(
+                _fit_and_save,
+                settings,
+                table,
+                catalog,
+                active.artifact_path if active else None,
+                {
+                    # Serving folds in exactly the events outside this cutoff, and forgets the
+                    # learners erased after this revision (docs/design.md sections 2 and 3).
+                    "events_cutoff": table.cutoff.to_dict(),
+                    "erasure_revision": erasure_revision,
+                    "engine": {"name": "implicit"},
+                },
+            )
+        else:
+            assert spark is not None
+            fitted = await asyncio.to_thread(
+                _fit_spark_and_save,
+                settings,
+                spark,
+                catalog,
+                active.artifact_path if active else None,
+                {"erasure_revision": erasure_revision},
+                erased,
+            )
     finally:
         if beat is not None:
             beat.cancel()
@@ -387,7 +546,7 @@ async def run_training(
             session,
             version=model.version,
             status="inactive" if activate else "rejected",
-            params=model.params.to_dict(),
+            params={**model.params.to_dict(), "engine": engine_of(model)},
             metrics=metrics,
             baseline_metrics=dict(model.baseline_metrics),
             n_users=model.n_users,
@@ -400,7 +559,14 @@ async def run_training(
         if job_id:
             await registry.job_heartbeat(session, job_id, version=model.version)
     await prune(settings, sessionmaker)
-    await forget_erased(settings, sessionmaker, erased, keep=model.version)
+    exports = [settings.export_dir] if settings.export_dir is not None else []
+    await forget_erased(
+        settings,
+        sessionmaker,
+        erased,
+        keep=model.version,
+        exports=[*exports, *([spark.events_dir] if spark is not None else [])],
+    )
     seconds = {"query": query_seconds, **fitted.seconds, "record": clock() - start}
     return TrainingOutcome(
         version=model.version,
@@ -416,6 +582,12 @@ async def run_training(
         path=fitted.path,
         seconds=seconds,
     )
+
+
+def engine_of(model: artifact.ModelArtifact) -> str:
+    """The engine that trained a version ("implicit" for versions that do not say)."""
+    recorded = model.extra.get("engine")
+    return str(recorded.get("name", "implicit")) if isinstance(recorded, dict) else "implicit"
 
 
 async def prune(settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
@@ -435,14 +607,20 @@ async def forget_erased(
     sessionmaker: async_sessionmaker[AsyncSession],
     erased: dict[str, int],
     keep: str,
+    exports: Sequence[Path] = (),
 ) -> None:
     """Rewrite every version folder except `keep` (trained after these erasures, so without
     them) without the rows of the `erased` learners, then drop their entries from the erased
     list: once no artifact holds them, a model loaded later cannot bring them back. When a
     folder cannot be rewritten the entries stay listed (serving keeps forgetting the learners)
-    and the next training tries again."""
+    and the next training tries again. The entries are first logged into each events export
+    in `exports` (export.log_erasures), whose older files still hold the learners' events."""
     if not erased:
         return
+    for directory in exports:
+        from recsvc import export
+
+        await asyncio.to_thread(export.log_erasures, directory, erased)
     rewritten = True
     for version in artifact.list_versions(settings.models_dir):
         if version == keep:
@@ -465,13 +643,16 @@ async def run_job(
     sessionmaker: async_sessionmaker[AsyncSession],
     job_id: str,
     force: bool,
+    spark: SparkTraining | None = None,
 ) -> TrainingOutcome:
     """Run a queued job to its end, recording success or the error in training_jobs (and
     re-raising it: the caller reports it)."""
     async with sessionmaker() as session, session.begin():
         await registry.job_started(session, job_id)
     try:
-        outcome = await run_training(settings, sessionmaker, force=force, job_id=job_id)
+        outcome = await run_training(
+            settings, sessionmaker, force=force, job_id=job_id, spark=spark
+        )
     except Exception as exc:
         async with sessionmaker() as session, session.begin():
             await registry.job_finished(

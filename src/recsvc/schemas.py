@@ -20,6 +20,7 @@ from pydantic import (
     Field,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 from pydantic_core import PydanticCustomError
 
@@ -320,6 +321,169 @@ class Recommendations(BaseModel):
         "memory without the learner's newest events (or from an older popular list)"
     )
     items: list[RecommendedItem]
+
+
+# --- learners: portraits, segments, audiences ---------------------------------------------------
+
+
+class Interest(BaseModel):
+    name: str = Field(description="a category or tag")
+    affinity: float = Field(
+        ge=0,
+        le=1,
+        description="share of the learner's interaction weight (event weights, ratings, fading "
+        "with RECSVC_PROFILE_HALF_LIFE_DAYS) on courses with this category or tag",
+    )
+    evidence: int = Field(description="the learner's events behind it")
+
+
+class Interests(BaseModel):
+    categories: list[Interest] = Field(description="top 10, strongest first")
+    tags: list[Interest] = Field(description="top 10, strongest first")
+
+
+class ActivityWindow(BaseModel):
+    days: int = Field(description="7, 30 or 90: the window, ending now")
+    active_days: int = Field(description="days with at least one event")
+    events: dict[str, int] = Field(description="events per type")
+
+
+class HourShare(BaseModel):
+    hour: int = Field(ge=0, le=23)
+    share: float = Field(description="of all the learner's events")
+
+
+class WeekdayShare(BaseModel):
+    weekday: str = Field(description="Mon .. Sun")
+    share: float
+
+
+class Activity(BaseModel):
+    first_seen: datetime | None
+    last_seen: datetime | None
+    days_since_last_seen: float | None
+    usual_gap_days: float | None = Field(
+        description="median days between two consecutive active days; null with one active day"
+    )
+    windows: list[ActivityWindow]
+    hours: list[HourShare] = Field(description="the three hours they are most often active")
+    weekdays: list[WeekdayShare] = Field(description="the three weekdays they are most active")
+    timezone: str = Field(description="of hours and weekdays (query parameter tz)")
+
+
+class Course(BaseModel):
+    item_id: str
+    title: str
+    types: list[str] = Field(description="the learner's event types on it")
+    last_at: datetime
+
+
+class OpenIntent(Course):
+    since: datetime = Field(description="first favourite or add-to-cart")
+    days_open: float
+
+
+class Journey(BaseModel):
+    n_consumed: int = Field(description="courses with an event of a consumed type")
+    n_completed: int
+    completion_ratio: float | None = Field(
+        description="completed / enrolled, bought or completed; null when none"
+    )
+    consumed: list[Course] = Field(description="newest first, at most 50")
+    open_intents: list[OpenIntent] = Field(
+        description="favourites and cart items not consumed (nor disliked), oldest first"
+    )
+    disliked: list[Course]
+
+
+class SegmentRef(BaseModel):
+    segment_id: int
+    label: str
+
+
+class LearnerLabel(BaseModel):
+    label: str = Field(description="new, at_risk, high_intent, completer or price_sensitive")
+    rule: str = Field(description="the rule that fired, with the learner's figures")
+
+
+class Profile(BaseModel):
+    """Who is this learner? Computed at request time from all of their events."""
+
+    user_id: str
+    model_version: str | None = Field(description="the model the segment comes from")
+    n_events: int = Field(description="events read (at most RECSVC_PROFILE_MAX_EVENTS)")
+    interests: Interests
+    activity: Activity
+    journey: Journey
+    segment: SegmentRef | None = Field(
+        description="the learner's segment in the active model; null when the model does not "
+        "know them (newer than the model) or has no segments"
+    )
+    labels: list[LearnerLabel]
+
+
+class LabelLift(BaseModel):
+    name: str
+    share: float = Field(description="of the segment's interaction weight")
+    lift: float = Field(description="share / the same share over all learners")
+
+
+class SegmentCourse(BaseModel):
+    item_id: str
+    title: str
+    learners: int = Field(description="learners of the segment with this course")
+
+
+class SegmentOut(BaseModel):
+    segment_id: int
+    label: str = Field(description="made from its top categories")
+    size: int = Field(description="learners now (erased learners no longer count)")
+    categories: list[LabelLift] = Field(description="over-represented categories, by lift")
+    tags: list[LabelLift] = Field(description="over-represented tags, by lift")
+    top_courses: list[SegmentCourse]
+
+
+class SegmentList(BaseModel):
+    model_version: str | None
+    segments: list[SegmentOut]
+
+
+class SegmentMembers(BaseModel):
+    segment_id: int
+    model_version: str
+    users: list[str]
+    next_cursor: str | None = Field(description="pass as cursor for the next page; null: done")
+
+
+class AudienceMember(BaseModel):
+    user_id: str
+    score: float = Field(description="factor score; higher: more likely")
+
+
+class Audience(BaseModel):
+    model_version: str
+    item_id: str | None = Field(description="the course (GET /v1/items/{id}/audience)")
+    strategy: str = Field(
+        description="als: the course's factors; content: its text-similar courses' factors "
+        "(a course newer than the model); topic: the courses of the categories and tags"
+    )
+    basis: int = Field(description="model courses whose factors were used")
+    users: list[AudienceMember]
+
+
+class AudienceRequest(_Strict):
+    categories: list[Label] = Field(default_factory=list, max_length=20)
+    tags: list[Label] = Field(default_factory=list, max_length=20)
+    n: int = Field(100, ge=1, le=1000)
+    exclude_consumed: bool = Field(
+        True, description="leave out learners who consumed or disliked one of these courses"
+    )
+
+    @model_validator(mode="after")
+    def _something_asked(self) -> AudienceRequest:
+        if not self.categories and not self.tags:
+            raise ValueError("give at least one category or tag")
+        return self
 
 
 # --- models -------------------------------------------------------------------------------------

@@ -48,8 +48,9 @@ import scipy.sparse as sp
 
 from recsvc import lists
 from recsvc.artifact import ModelArtifact
+from recsvc.audience import CONTENT_NEIGHBOURS, AudienceResult, Audiences
 from recsvc.config import DEFAULT_CONSUMED_TYPES
-from recsvc.features import FeatureConfig, Vocabulary, event_weights
+from recsvc.features import FeatureConfig, Vocabulary, event_weights, item_text
 from recsvc.training import ALSParams, als_from_factors, fold_in_users
 
 Float32Array = npt.NDArray[np.float32]
@@ -60,8 +61,6 @@ BoolArray = npt.NDArray[np.bool_]
 MAX_BATCH_ROWS = 64
 # Batches up to this many rows are scored in two threads when a helper thread is given.
 PARALLEL_MAX_ROWS = 2
-# Block size of the top-n pre-selection (see `_top_n`).
-_BLOCK = 256
 EXPLAIN_REASONS = 3
 # Bound on cached category filters per catalog view (clients choose the category sets).
 _MAX_CACHED_CATEGORY_SETS = 256
@@ -99,6 +98,9 @@ class CatalogView:
     # and family id -> its items.
     families: Mapping[str, str] = field(default_factory=dict)
     family_members: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # For learner portraits and audiences (portrait.py): tags, and numeric `price` attributes.
+    tags: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    prices: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -160,38 +162,6 @@ class RecommendResult:
 # --------------------------------------------------------------------------------------------
 
 
-def _top_n(scores: Float32Array, n: int) -> IndexArray:
-    """Indices of the `n` highest finite scores, best first, ties by lower index.
-
-    np.argpartition over 100k items costs ~0.6 ms, more than the item's share of the matrix
-    product, so candidates are pre-selected: the n-th best block maximum is a score that at
-    least n items reach, and usually only ~2n items do.
-    """
-    size = int(scores.shape[0])
-    if n <= 0 or size == 0:
-        return np.zeros(0, dtype=np.int64)
-    n_blocks = size // _BLOCK
-    candidates: IndexArray
-    if n_blocks > 4 * n:
-        full = n_blocks * _BLOCK
-        block_max = scores[:full].reshape(n_blocks, _BLOCK).max(axis=1)
-        if full < size:
-            block_max = np.append(block_max, scores[full:].max())
-        kth = len(block_max) - n
-        threshold = np.partition(block_max, kth)[kth]
-        if np.isfinite(threshold):
-            candidates = np.flatnonzero(scores >= threshold)
-        else:  # fewer than n blocks hold a finite score: every finite score is a candidate
-            candidates = np.flatnonzero(np.isfinite(scores))
-    else:
-        candidates = np.flatnonzero(np.isfinite(scores))
-    if len(candidates) > 4 * n:  # many ties (e.g. a zero user vector): cut before sorting
-        candidates = candidates[np.argpartition(-scores[candidates], n - 1)[:n]]
-    order = np.lexsort((candidates, -scores[candidates]))
-    result: IndexArray = candidates[order[:n]].astype(np.int64)
-    return result
-
-
 def _top_per_family(scores: Float32Array, plan: _Plan, n: int) -> list[tuple[int, float]]:
     """The `n` best finite scores (item, score), best first, at most the plan's
     `max_per_family` of one family: more candidates (four times as many each round) only if
@@ -199,7 +169,7 @@ def _top_per_family(scores: Float32Array, plan: _Plan, n: int) -> list[tuple[int
     per_family = plan.request.max_per_family
     wanted = n
     while True:
-        top = _top_n(scores, wanted)
+        top = lists.top_n(scores, wanted)
         chosen = top[plan.index.families.keep(top, per_family)][:n]
         if len(chosen) >= n or len(top) < wanted:
             return list(zip(chosen.tolist(), scores[chosen].tolist(), strict=True))
@@ -231,6 +201,7 @@ class _CatalogIndex:
     unrecommendable: BoolArray
     families: _Families
     members: dict[str, IndexArray] | None = None  # category -> universe indices, built lazily
+    tag_members: dict[str, IndexArray] | None = None  # tag -> universe indices, built lazily
     blocked_by_categories: dict[frozenset[str], BoolArray] = field(default_factory=dict)
     # lists.category_codes over the universe, for the similarity of diversity; built lazily
     category_codes: IndexArray | None = None
@@ -396,6 +367,8 @@ class Scorer:
         self._catalog_cache: _CatalogIndex | None = None
         # Erased learners: their model rows are never used (see `forget`).
         self._forgotten: frozenset[str] = frozenset()
+        self.segments = artifact.segments
+        self._audiences: Audiences | None = None
 
     @classmethod
     def empty(
@@ -526,6 +499,125 @@ class Scorer:
         plan = _Plan(request, blocked, index)
         plan.items = self._popular_items(plan, n, recent)
         return self._result(plan, catalog)
+
+    # ---------------------------------------------------------------------------------------
+    # Learners: segments and audiences (audience.py)
+    # ---------------------------------------------------------------------------------------
+
+    @property
+    def audiences(self) -> Audiences:
+        """Built on first use (it transposes the consumed and negative pairs once)."""
+        if self._audiences is None:
+            self._audiences = Audiences(
+                self.users, self._user_factors, self._consumed, self._negatives, self.segments
+            )
+        return self._audiences
+
+    @property
+    def forgotten(self) -> frozenset[str]:
+        return self._forgotten
+
+    def segment_of(self, user_id: str) -> int | None:
+        """The learner's segment in this model (None: not in it, erased, or no segments)."""
+        row = self.users.index_of(user_id)
+        if self.segments is None or row is None or user_id in self._forgotten:
+            return None
+        return int(self.segments.of_user[row])
+
+    def item_audience(
+        self, item_id: str, n: int, catalog: CatalogView, also_excluded: Iterable[str] = ()
+    ) -> AudienceResult:
+        """The learners most likely to take `item_id` (see audience.py): its factors (`als`),
+        or for a course newer than the model the factors of the model courses most like it in
+        text (`content`; its catalog title, categories and tags when the model's text index
+        does not hold it). Learners who consumed or disliked it or another edition of its
+        family are left out. UnknownItem when neither the model nor the catalog knows it."""
+        index = self._catalog_index(catalog)
+        seed = self._universe_index(item_id)
+        if seed is not None:
+            family = index.families.members(seed)
+            items = family[family < self.n_items]
+        else:
+            items = self.items.indices_of(
+                catalog.family_members.get(catalog.families.get(item_id, ""), ())
+            )
+            items = items[items >= 0]
+        if seed is not None and seed < self.n_items:
+            vector, strategy, basis = self._item_factors[seed], "als", 1
+        else:
+            similarity = self._text_similarity(item_id, catalog)
+            if similarity is None:
+                raise UnknownItem(item_id)
+            in_model = np.flatnonzero((self._text_to_universe < self.n_items) & (similarity > 0))
+            nearest = in_model[np.argsort(-similarity[in_model], kind="stable")]
+            nearest = nearest[:CONTENT_NEIGHBOURS]
+            if not len(nearest):
+                raise UnknownItem(item_id)
+            weights = similarity[nearest].astype(np.float32)
+            rows = self._text_to_universe[nearest]
+            vector = weights @ self._item_factors[rows] / weights.sum()
+            strategy, basis = "content", len(rows)
+        users = self.audiences.for_vector(vector, n, items, self._forgotten, also_excluded)
+        return AudienceResult(strategy, users, basis)
+
+    def _text_similarity(self, item_id: str, catalog: CatalogView) -> Float32Array | None:
+        """Text similarity of a course to the indexed ones: its row of the text index, or its
+        catalog title, categories and tags against it; None when neither knows the course."""
+        if self.text_index is None:
+            return None
+        text_seed = self.text_index.items.index_of(item_id)
+        if text_seed is not None:
+            return self.text_index.similar(text_seed)
+        if item_id not in catalog.titles:
+            return None
+        text = item_text(
+            catalog.titles[item_id],
+            "",
+            sorted(catalog.tags.get(item_id, ())),
+            sorted(catalog.categories.get(item_id, ())),
+        )
+        return self.text_index.query(text)
+
+    def topic_items(
+        self, categories: frozenset[str], tags: frozenset[str], catalog: CatalogView
+    ) -> IndexArray:
+        """Model courses in one of `categories` or with one of `tags`."""
+        index = self._catalog_index(catalog)
+        if index.tag_members is None:
+            grouped: dict[str, list[int]] = {}
+            for item_id, item_tags in catalog.tags.items():
+                found = self.items.index_of(item_id)
+                if found is not None:
+                    for tag in item_tags:
+                        grouped.setdefault(tag, []).append(found)
+            index.tag_members = {t: np.asarray(v, dtype=np.int64) for t, v in grouped.items()}
+        by_category = self._category_members(index)
+        parts = [by_category[c] for c in categories if c in by_category]
+        parts += [index.tag_members[t] for t in tags if t in index.tag_members]
+        found = np.unique(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)
+        return found[found < self.n_items]
+
+    def topic_audience(
+        self,
+        categories: frozenset[str],
+        tags: frozenset[str],
+        n: int,
+        catalog: CatalogView,
+        exclude_consumed: bool = True,
+        also_excluded: Iterable[str] = (),
+    ) -> AudienceResult:
+        """The learners most likely to take courses of these categories or tags: the
+        popularity-weighted mean of their factors (`topic`); with `exclude_consumed`, learners
+        who consumed or disliked one of them are left out. No such course: nobody."""
+        items = self.topic_items(categories, tags, catalog)
+        if not len(items):
+            return AudienceResult("topic", [], 0)
+        weights = (1.0 + np.log1p(self._popularity[False][items])).astype(np.float32)
+        vector = weights @ self._item_factors[items] / weights.sum()
+        users = self.audiences.for_vector(
+            vector, n, items, self._forgotten, also_excluded, exclude_consumed
+        )
+        return AudienceResult("topic", users, len(items))
 
     def forget(self, user_ids: Iterable[str]) -> None:
         """Never use these users' model rows again (erasure): they are answered as users the

@@ -50,6 +50,7 @@ from recsvc.errors import ServiceUnavailable, is_database_unavailable
 from recsvc.freshness import FreshUsers
 from recsvc.ingest import Cutoff
 from recsvc.pipeline import catalog_families, feature_config
+from recsvc.portrait import LabelRules, PortraitConfig, price_of
 from recsvc.scorer import (
     CatalogView,
     RecentEvent,
@@ -113,6 +114,12 @@ def catalog_view(items: list[ingest.CatalogItem], settings: Settings) -> Catalog
         unrecommendable=frozenset(i.item_id for i in items if not i.recommendable),
         families=family_of,
         family_members={family: tuple(ids) for family, ids in members.items()},
+        tags={item.item_id: frozenset(item.text[2]) for item in items},
+        prices={
+            item.item_id: price
+            for item in items
+            if (price := price_of(item.attributes)) is not None
+        },
     )
 
 
@@ -132,6 +139,20 @@ class Serving:
         self.sessionmaker = sessionmaker
         self._features = feature_config(settings)
         self._consumed = frozenset(settings.consumed_event_types)
+        self.portrait_config = PortraitConfig(
+            features=self._features,
+            consumed_types=self._consumed,
+            half_life_days=settings.profile_half_life_days,
+            rules=LabelRules(
+                new_days=settings.label_new_days,
+                at_risk_gap_factor=settings.label_at_risk_gap_factor,
+                at_risk_min_days=settings.label_at_risk_min_days,
+                high_intent_days=settings.label_high_intent_days,
+                completer_min_courses=settings.label_completer_min_courses,
+                completer_min_ratio=settings.label_completer_min_ratio,
+                price_sensitive_ratio=settings.label_price_sensitive_ratio,
+            ),
+        )
         self.live = Live(Scorer.empty(self._features, self._consumed), None)
         self.catalog = CatalogView()
         self._revisions: dict[str, int] | None = None
@@ -223,6 +244,7 @@ class Serving:
             int(revision) if revision is not None else None,
         )
         live.forget_erased(self.erased)
+        _ = live.scorer.audiences  # built here, in the loading thread, not by a first request
         return live
 
     async def refresh_changes(self) -> None:

@@ -729,6 +729,49 @@ class TrainedModel:
         return len(self.items)
 
 
+def score_holdout(
+    candidate: Recommender,
+    candidate_item_factors: FloatArray,
+    interactions: Interactions,
+    holdout: Holdout,
+    active: ActiveModel | None = None,
+    k: int = 10,
+    family_of: IndexArray | None = None,
+    max_per_family: int = 1,
+    item_categories: IndexArray | None = None,
+    diversity: float = 0.0,
+) -> tuple[Metrics, Metrics, Comparison | None]:
+    """The candidate (fitted on `holdout.train`), the popularity baseline and the active model
+    on one holdout: (metrics, baseline metrics, comparison). Every training engine scores its
+    candidate here, with the same metric code (see `train_model` for the served lists)."""
+    served: dict[str, Any] = {}
+    if family_of is not None:
+        served = {
+            "family_of": family_of,
+            "item_vectors": candidate_item_factors,
+            "max_per_family": max_per_family,
+            "item_categories": item_categories,
+            "diversity": diversity,
+        }
+
+    def score(model: Recommender, diversified: bool = True) -> Metrics:
+        options = served if diversified else {**served, "diversity": 0.0}
+        result = evaluate(model, holdout.train, holdout.test, k, interactions.negatives, **options)
+        if served:
+            plain = evaluate(model, holdout.train, holdout.test, k, interactions.negatives)
+            result["item_ndcg@10"] = plain["ndcg@10"]
+        return result
+
+    metrics = score(candidate)
+    baseline_metrics = score(PopularityModel.fit(holdout.train), diversified=False)
+    comparison = (
+        compare_with_active(candidate, metrics, active, interactions, holdout, k, **served)
+        if active is not None
+        else None
+    )
+    return metrics, baseline_metrics, comparison
+
+
 def train_model(
     interactions: Interactions,
     params: ALSParams | None = None,
@@ -771,30 +814,17 @@ def train_model(
     seconds["fit_holdout"] = clock() - start
 
     start = clock()
-    served: dict[str, Any] = {}
-    if family_of is not None:
-        served = {
-            "family_of": family_of,
-            "item_vectors": np.asarray(candidate.item_factors),
-            "max_per_family": max_per_family,
-            "item_categories": item_categories,
-            "diversity": diversity,
-        }
-
-    def score(model: Recommender, diversified: bool = True) -> Metrics:
-        options = served if diversified else {**served, "diversity": 0.0}
-        result = evaluate(model, holdout.train, holdout.test, k, interactions.negatives, **options)
-        if served:
-            plain = evaluate(model, holdout.train, holdout.test, k, interactions.negatives)
-            result["item_ndcg@10"] = plain["ndcg@10"]
-        return result
-
-    metrics = score(candidate)
-    baseline_metrics = score(PopularityModel.fit(holdout.train), diversified=False)
-    comparison = (
-        compare_with_active(candidate, metrics, active, interactions, holdout, k, **served)
-        if active is not None
-        else None
+    metrics, baseline_metrics, comparison = score_holdout(
+        candidate,
+        np.asarray(candidate.item_factors),
+        interactions,
+        holdout,
+        active,
+        k,
+        family_of,
+        max_per_family,
+        item_categories,
+        diversity,
     )
     seconds["evaluate"] = clock() - start
 

@@ -44,11 +44,24 @@ REQUIRED_SCOPE: dict[str, str | None] = {
     "recommend": "read",
     "similar_items": "read",
     "popular_items": "read",
+    "get_user_profile": "read",
+    "list_segments": "read",
+    "list_segment_users": "read",
+    "item_audience": "read",
+    "topic_audience": "read",
+    "stats_overview": "read",
+    "list_user_events": "read",
 }
 
 # Plausible path parameters and minimal valid bodies, so an authorised request is not refused
 # for its input (auth runs first anyway: test_auth_comes_before_input_validation).
-PATH_PARAMS = {"item_id": "c1", "user_id": "u1", "job_id": "no-such-job", "version": "v-none"}
+PATH_PARAMS = {
+    "item_id": "c1",
+    "user_id": "u1",
+    "job_id": "no-such-job",
+    "version": "v-none",
+    "segment_id": "0",
+}
 BODIES: dict[str, Any] = {
     "ingest_events": {"events": [{"user_id": "u1", "item_id": "c1", "type": "view"}]},
     "put_item": {"title": "Python for data analysis"},
@@ -56,6 +69,7 @@ BODIES: dict[str, Any] = {
     "put_user": {"attributes": {"level": "beginner"}},
     "train_model": {"force": False},
     "recommend": {"user_id": "u1", "n": 3},
+    "topic_audience": {"categories": ["编程"], "n": 5},
 }
 
 SINGLE_SCOPE_KEYS = {"admin": "k-admin-only", "read": "k-read-only", "ingest": "k-ingest-only"}

@@ -19,6 +19,8 @@ from pydantic_core import to_jsonable_python
 
 from recsvc_client.errors import RecsvcError, error_from_response
 from recsvc_client.models import (
+    Audience,
+    AudienceRequest,
     EventIn,
     EventTypes,
     Health,
@@ -29,9 +31,14 @@ from recsvc_client.models import (
     JobOut,
     ModelVersionList,
     ModelVersionOut,
+    Overview,
+    Profile,
     Readiness,
     Recommendations,
     RecommendationsRequest,
+    SegmentList,
+    SegmentMembers,
+    Timeline,
     TrainRequest,
     UpsertResult,
     UserIn,
@@ -67,6 +74,13 @@ OPERATIONS: dict[str, str] = {
         "recommend",
         "similar_items",
         "popular_items",
+        "get_user_profile",
+        "list_segments",
+        "list_segment_users",
+        "item_audience",
+        "topic_audience",
+        "stats_overview",
+        "list_user_events",
     )
 }
 
@@ -153,6 +167,12 @@ def _segment(name: str, value: str) -> str:
     if not isinstance(value, str) or not value:
         raise ValueError(f"{name} must be a non-empty string, not {value!r}")
     return quote(value, safe="")
+
+
+def _number(name: str, value: int) -> str:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, not {value!r}")
+    return str(value)
 
 
 def _model(model: type[M]) -> Callable[[httpx.Response], M]:
@@ -453,3 +473,74 @@ def popular_items(
         max_per_family=max_per_family,
     )
     return Call("GET", "/v1/popular", _model(Recommendations), params=params)
+
+
+# --- learners: portraits, segments, audiences (all read-only, so retried) ----------------------
+
+
+def get_user_profile(user_id: str, *, tz: str | None = None) -> Call[Profile]:
+    """Who is this learner: interests, study habits (hours and weekdays in `tz`, an IANA name
+    such as "Asia/Shanghai"; default UTC), journey, segment and labels, computed now from all
+    of their events. NotFound for a learner with no profile and no events (or erased)."""
+    path = f"/v1/users/{_segment('user_id', user_id)}/profile"
+    return Call("GET", path, _model(Profile), params=_query(tz=tz))
+
+
+def list_segments() -> Call[SegmentList]:
+    """The learner segments of the active model (an empty list before the first model)."""
+    return Call("GET", "/v1/segments", _model(SegmentList))
+
+
+def list_segment_users(
+    segment_id: int, *, limit: int = 100, cursor: str | None = None
+) -> Call[SegmentMembers]:
+    """One page of a segment's learners; pass `next_cursor` as `cursor` for the next (None:
+    done). Conflict when another model was activated since the first page: start again. For
+    all of them use `iter_segment_users`."""
+    path = f"/v1/segments/{_number('segment_id', segment_id)}/users"
+    return Call("GET", path, _model(SegmentMembers), params=_query(limit=limit, cursor=cursor))
+
+
+def item_audience(item_id: str, *, n: int = 100) -> Call[Audience]:
+    """The learners most likely to take this course, best first (not those who consumed or
+    disliked it). Conflict before the first model."""
+    path = f"/v1/items/{_segment('item_id', item_id)}/audience"
+    return Call("GET", path, _model(Audience), params=_query(n=n))
+
+
+def topic_audience(
+    *,
+    categories: Iterable[str] | None = None,
+    tags: Iterable[str] | None = None,
+    n: int = 100,
+    exclude_consumed: bool = True,
+) -> Call[Audience]:
+    """The learners most likely to take courses of these categories or tags (at least one),
+    best first. Conflict before the first model. Read-only, so retried."""
+    request = AudienceRequest(
+        **_set(
+            categories=_labels(categories),
+            tags=_labels(tags),
+            n=n,
+            exclude_consumed=exclude_consumed,
+        )
+    )
+    body = encode(request.model_dump(mode="json", exclude_unset=True))
+    return Call("POST", "/v1/audiences", _model(Audience), body=body)
+
+
+# --- the dashboard's reads (read-only, so retried) ----------------------------------------------
+
+
+def stats_overview() -> Call[Overview]:
+    """What the dashboard's overview shows, in one call: events per hour and type (7 days),
+    totals, readiness, the active model against the popularity baseline, lists served by
+    strategy, fresh users, and the scopes of the key that asked."""
+    return Call("GET", "/v1/stats/overview", _model(Overview))
+
+
+def list_user_events(user_id: str, *, limit: int = 50) -> Call[Timeline]:
+    """A learner's newest events (1..200) with course titles, newest first. NotFound for a
+    learner with no profile and no events (or erased)."""
+    path = f"/v1/users/{_segment('user_id', user_id)}/events"
+    return Call("GET", path, _model(Timeline), params=_query(limit=limit))

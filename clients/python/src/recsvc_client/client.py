@@ -1,6 +1,7 @@
 """`RecsvcClient` (blocking, over httpx.Client) and `AsyncRecsvcClient` (asyncio, over
 httpx.AsyncClient): one method per operation of openapi.yaml, named after its operationId, plus
-`send_events` (any number of events, in batches) and `wait_for_training_job`.
+`send_events` (any number of events, in batches), `wait_for_training_job` and
+`iter_segment_users` (all pages of a segment).
 
 Every call sends an `X-Request-ID` (a uuid4, the same for all attempts of the call) and is
 retried, when that is safe, on connection errors and on 429, 502, 503 and 504: after
@@ -17,7 +18,7 @@ import inspect
 import random
 import time
 import typing
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Concatenate, ParamSpec, Self, TypeVar
@@ -275,6 +276,13 @@ class RecsvcClient(_Client):
     recommend = _sync(ops.recommend)
     similar_items = _sync(ops.similar_items)
     popular_items = _sync(ops.popular_items)
+    get_user_profile = _sync(ops.get_user_profile)
+    list_segments = _sync(ops.list_segments)
+    list_segment_users = _sync(ops.list_segment_users)
+    item_audience = _sync(ops.item_audience)
+    topic_audience = _sync(ops.topic_audience)
+    stats_overview = _sync(ops.stats_overview)
+    list_user_events = _sync(ops.list_user_events)
 
     def send_events(self, events: Iterable[EventIn | Mapping[str, Any]]) -> IngestResult:
         """Store any number of events (dicts or Event), in batches the server accepts; the
@@ -301,6 +309,17 @@ class RecsvcClient(_Client):
             if time.monotonic() >= deadline:
                 raise TimeoutError(f"training job {job_id} still {job.state} after {max_wait}s")
             time.sleep(interval)
+
+    def iter_segment_users(self, segment_id: int, *, limit: int = 100) -> Iterator[str]:
+        """Every learner of a segment: `list_segment_users` page after page (`limit` each),
+        following `next_cursor`. Conflict when another model was activated meanwhile."""
+        cursor: str | None = None
+        while True:
+            page = self.list_segment_users(segment_id, limit=limit, cursor=cursor)
+            yield from page.users
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
 
     def close(self) -> None:
         self._http.close()
@@ -394,6 +413,13 @@ class AsyncRecsvcClient(_Client):
     recommend = _async(ops.recommend)
     similar_items = _async(ops.similar_items)
     popular_items = _async(ops.popular_items)
+    get_user_profile = _async(ops.get_user_profile)
+    list_segments = _async(ops.list_segments)
+    list_segment_users = _async(ops.list_segment_users)
+    item_audience = _async(ops.item_audience)
+    topic_audience = _async(ops.topic_audience)
+    stats_overview = _async(ops.stats_overview)
+    list_user_events = _async(ops.list_user_events)
 
     async def send_events(self, events: Iterable[EventIn | Mapping[str, Any]]) -> IngestResult:
         """Store any number of events (dicts or Event), in batches the server accepts; see
@@ -418,6 +444,17 @@ class AsyncRecsvcClient(_Client):
             if time.monotonic() >= deadline:
                 raise TimeoutError(f"training job {job_id} still {job.state} after {max_wait}s")
             await asyncio.sleep(interval)
+
+    async def iter_segment_users(self, segment_id: int, *, limit: int = 100) -> AsyncIterator[str]:
+        """Every learner of a segment, page after page; see RecsvcClient.iter_segment_users."""
+        cursor: str | None = None
+        while True:
+            page = await self.list_segment_users(segment_id, limit=limit, cursor=cursor)
+            for user_id in page.users:
+                yield user_id
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
 
     async def aclose(self) -> None:
         await self._http.aclose()
