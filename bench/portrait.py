@@ -57,7 +57,6 @@ from typing import Any  # noqa: E402
 
 import httpx  # noqa: E402
 import numpy as np  # noqa: E402
-import scipy.sparse as sp  # noqa: E402
 
 from common import (  # noqa: E402
     BENCH_KEY,
@@ -67,15 +66,14 @@ from common import (  # noqa: E402
     throwaway_database,
     write_readme_section,
 )
-from recsvc import artifact, db, ingest, pipeline, registry  # noqa: E402
+from recsvc import db, ingest, pipeline, registry  # noqa: E402
 from recsvc.app import create_app  # noqa: E402
 from recsvc.bulk import run_import  # noqa: E402
 from recsvc.config import DEFAULT_CONSUMED_TYPES, Settings  # noqa: E402
 from recsvc.demo_data import DemoData, generate, write_jsonl  # noqa: E402
-from recsvc.features import Vocabulary  # noqa: E402
 from recsvc.schemas import EventIn, ItemWithId, ValidationRules  # noqa: E402
 from recsvc.segments import Lift, SegmentInfo, Segments  # noqa: E402
-from recsvc.training import ALSParams  # noqa: E402
+from serve import generated_model  # noqa: E402
 
 HEAVY = "u0000000"
 HEAVY_EVENTS = 1_000
@@ -222,43 +220,6 @@ def random_segments(users: int, factors: int, rng: np.random.Generator) -> Segme
     return Segments(of_user, centroids, info)
 
 
-def generated_model(
-    users: int, items: int, factors: int, models_dir: Path, cutoff: dict[str, Any]
-) -> Path:
-    """bench/serve.py's generated model, with random segments."""
-    rng = np.random.default_rng(0)
-    popularity = 1.0 / np.arange(1, items + 1) ** 0.9
-    per_user = 5
-    rows = np.repeat(np.arange(users), per_user)
-    cols = rng.choice(items, size=users * per_user, p=popularity / popularity.sum())
-    user_items = sp.csr_matrix(
-        (np.full(len(rows), 3.0, dtype=np.float32), (rows, cols)), shape=(users, items)
-    )
-    user_items.sum_duplicates()
-    consumed = user_items.copy().astype(bool)
-    counts = np.bincount(user_items.indices, minlength=items).astype(np.int64)
-    model = artifact.ModelArtifact(
-        version=artifact.new_version(),
-        params=ALSParams(factors=factors),
-        users=Vocabulary([f"u{u:07d}" for u in range(users)]),
-        items=Vocabulary([f"c{i:06d}" for i in range(items)]),
-        user_factors=rng.normal(0, 0.1, (users, factors)).astype(np.float32),
-        item_factors=rng.normal(0, 0.1, (items, factors)).astype(np.float32),
-        user_items=user_items,
-        negatives=sp.csr_matrix((users, items), dtype=bool),
-        consumed=consumed,
-        popularity=counts,
-        recent_popularity=counts,
-        metrics={},
-        baseline_metrics={},
-        n_events=int(user_items.nnz),
-        created_at=datetime.now(UTC).isoformat(),
-        extra={"events_cutoff": cutoff},
-        segments=random_segments(users, factors, rng),
-    )
-    return artifact.save(model, models_dir)
-
-
 async def register(url: str, path: Path, users: int, items: int) -> None:
     engine = db.make_engine(url)
     try:
@@ -392,7 +353,8 @@ def speed(args: argparse.Namespace) -> dict[str, list[dict[str, float]]]:
         print(f"catalog and heavy learner stored in {time.perf_counter() - began:.1f} s")
         print("generating the model ...", flush=True)
         models = Path(tmp) / "models"
-        path = generated_model(args.users, args.items, args.factors, models, cutoff)
+        segments = random_segments(args.users, args.factors, np.random.default_rng(1))
+        path = generated_model(args.users, args.items, args.factors, models, cutoff, segments)
         asyncio.run(register(url, path, args.users, args.items))
         with recsvc_server(url, models, ready_seconds=600) as (base, pid):
             check_answers(base, args.items)

@@ -43,6 +43,7 @@ from common import (  # noqa: E402
 from recsvc import artifact, db, ingest, registry  # noqa: E402
 from recsvc.features import Vocabulary  # noqa: E402
 from recsvc.schemas import EventIn  # noqa: E402
+from recsvc.segments import Segments  # noqa: E402
 from recsvc.training import ALSParams  # noqa: E402
 
 POOL = 10_000  # distinct users requested
@@ -67,8 +68,15 @@ end
 
 
 def generated_model(
-    users: int, items: int, factors: int, models_dir: Path, cutoff: dict[str, Any]
+    users: int,
+    items: int,
+    factors: int,
+    models_dir: Path,
+    cutoff: dict[str, Any],
+    segments: Segments | None = None,
 ) -> Path:
+    """Random factors, five interactions per user (popularity: a power law), registered
+    nowhere yet; `segments` (bench/portrait.py) go into the artifact as they are."""
     rng = np.random.default_rng(0)
     popularity = 1.0 / np.arange(1, items + 1) ** 0.9
     per_user = 5
@@ -97,6 +105,7 @@ def generated_model(
         n_events=int(user_items.nnz),
         created_at=datetime.now(UTC).isoformat(),
         extra={"events_cutoff": cutoff},
+        segments=segments,
     )
     return artifact.save(model, models_dir)
 

@@ -6,7 +6,6 @@ learners' last consumed courses are hidden from it to check audiences against.""
 
 from __future__ import annotations
 
-import asyncio
 import random
 from collections import Counter
 from datetime import UTC, datetime, timedelta
@@ -18,12 +17,10 @@ import pytest
 from fastapi import FastAPI
 
 from conftest import OPS, READ
-from recsvc import db
-from recsvc.bulk import run_import
 from recsvc.config import DEFAULT_CONSUMED_TYPES, Settings
-from recsvc.demo_data import DemoData, generate, write_jsonl
-from recsvc.schemas import Profile, ValidationRules
-from test_models import wait_for_job
+from recsvc.demo_data import DemoData, generate
+from recsvc.schemas import Profile
+from test_models import load_demo, wait_for_job
 
 DEMO = {"n_users": 1500, "n_items": 600}
 HELD_OUT = 300
@@ -44,25 +41,6 @@ def hide_last_consumed(data: DemoData, learners: int, seed: int) -> list[tuple[s
     pairs = set(hidden)
     data.events = [e for e in data.events if (e["user_id"], e["item_id"]) not in pairs]
     return hidden
-
-
-def load(settings: Settings, data: DemoData, directory: Path) -> None:
-    files = write_jsonl(data, directory)
-
-    async def go() -> None:
-        engine = db.make_engine(settings.database_url)
-        try:
-            sessionmaker = db.make_sessionmaker(engine)
-            rules = ValidationRules.from_settings(settings)
-            for kind in ("items", "users", "events"):
-                report = await run_import(
-                    kind, str(files[kind]), sessionmaker, rules, progress=False
-                )
-                assert not report.rejected
-        finally:
-            await engine.dispose()
-
-    asyncio.run(go())
 
 
 async def train(app: FastAPI, client: httpx.AsyncClient) -> str:
@@ -96,7 +74,7 @@ async def all_members(client: httpx.AsyncClient, segment: int) -> list[str]:
 def demo(settings: Settings, tmp_path: Path) -> tuple[DemoData, list[tuple[str, str]]]:
     data = generate(**DEMO)
     hidden = hide_last_consumed(data, HELD_OUT, seed=11)
-    load(settings, data, tmp_path / "data")
+    load_demo(settings, tmp_path / "data", data)
     return data, hidden
 
 

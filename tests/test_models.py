@@ -20,13 +20,16 @@ from conftest import OPS, READ, scalar
 from recsvc import artifact, cli, db, jobs
 from recsvc.bulk import run_import
 from recsvc.config import Settings, get_settings
-from recsvc.demo_data import generate, write_jsonl
+from recsvc.demo_data import DemoData, generate, write_jsonl
 from recsvc.schemas import ValidationRules
 
 
-def load_demo(settings: Settings, directory: Path, **sizes: int) -> None:
-    """A small slice of the bundled demo data set, through `recsvc import`'s code path."""
-    files = write_jsonl(generate(**sizes), directory)
+def load_demo(
+    settings: Settings, directory: Path, data: DemoData | None = None, **sizes: int
+) -> None:
+    """A small slice of the bundled demo data set (or `data`), through `recsvc import`'s code
+    path."""
+    files = write_jsonl(data if data is not None else generate(**sizes), directory)
 
     async def load() -> None:
         engine = db.make_engine(settings.database_url)
