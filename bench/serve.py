@@ -41,7 +41,7 @@ from common import (  # noqa: E402
     write_readme_section,
 )
 from recsvc import artifact, db, ingest, registry  # noqa: E402
-from recsvc.features import Vocabulary  # noqa: E402
+from recsvc.features import Confidence, Vocabulary  # noqa: E402
 from recsvc.schemas import EventIn  # noqa: E402
 from recsvc.segments import Segments  # noqa: E402
 from recsvc.training import ALSParams  # noqa: E402
@@ -74,18 +74,32 @@ def generated_model(
     models_dir: Path,
     cutoff: dict[str, Any],
     segments: Segments | None = None,
+    topics: int = 0,
 ) -> Path:
     """Random factors, five interactions per user (popularity: a power law), registered
-    nowhere yet; `segments` (bench/portrait.py) go into the artifact as they are."""
+    nowhere yet; `segments` (bench/portrait.py) go into the artifact as they are. With
+    `topics`, users and items are drawn around that many random topic centres (the structure
+    trained factors have, which the item index of large catalogs relies on, see ann.py)."""
     rng = np.random.default_rng(0)
+
+    def factors_of(n: int) -> np.ndarray:
+        if not topics:
+            return rng.normal(0, 0.1, (n, factors)).astype(np.float32)
+        centres = np.random.default_rng(1).normal(0, 0.1, (topics, factors)).astype(np.float32)
+        drawn = centres[rng.integers(0, topics, n)]
+        drawn += rng.normal(0, 0.04, (n, factors)).astype(np.float32)
+        return drawn
+
     popularity = 1.0 / np.arange(1, items + 1) ** 0.9
     per_user = 5
     rows = np.repeat(np.arange(users), per_user)
     cols = rng.choice(items, size=users * per_user, p=popularity / popularity.sum())
-    user_items = sp.csr_matrix(
+    weights = sp.csr_matrix(
         (np.full(len(rows), 3.0, dtype=np.float32), (rows, cols)), shape=(users, items)
     )
-    user_items.sum_duplicates()
+    weights.sum_duplicates()
+    confidence = Confidence("log1p", ALSParams().alpha)
+    user_items = confidence.transform(weights)
     consumed = user_items.copy().astype(bool)
     counts = np.bincount(user_items.indices, minlength=items).astype(np.int64)
     model = artifact.ModelArtifact(
@@ -93,8 +107,8 @@ def generated_model(
         params=ALSParams(factors=factors),
         users=Vocabulary([f"u{u:07d}" for u in range(users)]),
         items=Vocabulary([f"c{i:06d}" for i in range(items)]),
-        user_factors=rng.normal(0, 0.1, (users, factors)).astype(np.float32),
-        item_factors=rng.normal(0, 0.1, (items, factors)).astype(np.float32),
+        user_factors=factors_of(users),
+        item_factors=factors_of(items),
         user_items=user_items,
         negatives=sp.csr_matrix((users, items), dtype=bool),
         consumed=consumed,
@@ -106,6 +120,8 @@ def generated_model(
         created_at=datetime.now(UTC).isoformat(),
         extra={"events_cutoff": cutoff},
         segments=segments,
+        user_weights=weights,
+        confidence=confidence,
     )
     return artifact.save(model, models_dir)
 

@@ -1,9 +1,13 @@
-"""artifact: atomic save, checksummed load, clear errors, version names, pruning."""
+"""artifact: atomic save, checksummed and memory-mapped load, clear errors, version names,
+pruning (also of a version a process still maps)."""
 
 from __future__ import annotations
 
+import gc
 import json
+import mmap
 import re
+import time
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,6 +27,7 @@ from recsvc.artifact import (
     save,
 )
 from recsvc.features import EventColumns, FeatureConfig, TextIndex, build_interactions
+from recsvc.scorer import CatalogView, RecommendRequest, Scorer
 from recsvc.segments import segment_learners
 from recsvc.training import ALSParams, train_model
 
@@ -122,7 +127,15 @@ def test_a_failed_save_leaves_nothing_behind(
 
 @pytest.mark.parametrize(
     "victim",
-    ["factors.npz", "vocabulary.npz", "text_index.npz", "confidence.npz", "segments.json"],
+    [
+        "factors.user.npy",
+        "users.text.npy",
+        "consumed_by_item.indices.npy",
+        "text_index.data.npy",
+        "confidence.item_length_norm.npy",
+        "segments.of_user.npy",
+        "segments.json",
+    ],
 )
 def test_a_corrupt_file_is_refused(model: ModelArtifact, tmp_path: Path, victim: str) -> None:
     path = save(model, tmp_path)
@@ -135,8 +148,8 @@ def test_a_corrupt_file_is_refused(model: ModelArtifact, tmp_path: Path, victim:
 
 def test_missing_files_and_manifests_are_refused(model: ModelArtifact, tmp_path: Path) -> None:
     path = save(model, tmp_path)
-    (path / "popularity.npz").unlink()
-    with pytest.raises(ArtifactError, match="missing file popularity.npz"):
+    (path / "popularity.all.npy").unlink()
+    with pytest.raises(ArtifactError, match="missing file popularity.all.npy"):
         load(path)
     (path / "manifest.json").write_text("{not json", encoding="utf-8")
     with pytest.raises(ArtifactError, match="unreadable manifest"):
@@ -152,10 +165,9 @@ def test_inconsistent_arrays_are_refused_even_with_matching_checksums(
     model: ModelArtifact, tmp_path: Path
 ) -> None:
     path = save(model, tmp_path)
-    with (path / "factors.npz").open("wb") as fh:
-        np.savez(fh, user_factors=model.user_factors[:-1], item_factors=model.item_factors)
+    np.save(path / "factors.user.npy", model.user_factors[:-1])
     manifest = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
-    manifest["files"]["factors.npz"] = artifact._sha256(path / "factors.npz")
+    manifest["files"]["factors.user.npy"] = artifact._sha256(path / "factors.user.npy")
     (path / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
     with pytest.raises(ArtifactError, match="inconsistent model"):
         load(path)
@@ -227,10 +239,10 @@ def test_fold_in_weights_and_fitted_confidence_round_trip(
 def test_models_saved_without_fold_in_weights_still_load(
     model: ModelArtifact, tmp_path: Path
 ) -> None:
-    """Older artifacts have no confidence.npz: fold-in falls back to a log1p confidence and the
-    weights recovered with its inverse, exact for a log1p model like this one."""
+    """Older artifacts have no confidence arrays: fold-in falls back to a log1p confidence and
+    the weights recovered with its inverse, exact for a log1p model like this one."""
     path = save(replace(model, user_weights=None, confidence=None), tmp_path)
-    assert not (path / "confidence.npz").exists()
+    assert not list(path.glob("confidence.*"))
     older = load(path)
     assert older.user_weights is None and older.confidence is None
     weights, confidence = older.fold_in_basis()
@@ -251,3 +263,128 @@ def test_erasing_a_user_removes_their_fold_in_weights(model: ModelArtifact, tmp_
     assert loaded.segments is not None and model.segments is not None
     keep = np.asarray(model.users.ids) != "u3"
     np.testing.assert_array_equal(loaded.segments.of_user, model.segments.of_user[keep])
+
+
+# --------------------------------------------------------------------------------------------
+# Memory-mapped loading, verification once per machine, pruning under a mapping
+# --------------------------------------------------------------------------------------------
+
+
+def _mapped(array: object) -> bool:
+    """Whether `array` is a view of a memory-mapped file (not a copy in this process)."""
+    while array is not None:
+        if isinstance(array, np.memmap | mmap.mmap):
+            return True
+        array = getattr(array, "base", None)
+    return False
+
+
+def test_a_loaded_version_maps_its_arrays_and_the_scorer_copies_none(
+    model: ModelArtifact, tmp_path: Path
+) -> None:
+    loaded = load(save(model, tmp_path))
+    assert loaded.user_weights is not None and loaded.segments is not None
+    assert loaded.consumed_by_item is not None and loaded.text_index is not None
+    for array in (
+        loaded.user_factors,
+        loaded.item_factors,
+        loaded.item_factors_t,
+        loaded.unit_item_factors,
+        loaded.user_weights.data,
+        loaded.user_weights.indices,
+        loaded.consumed.indptr,
+        loaded.consumed_by_item.indices,
+        loaded.popularity,
+        loaded.segments.of_user,
+        *loaded.users.to_arrays().values(),
+        *loaded.text_index.items.to_arrays().values(),
+    ):
+        assert _mapped(array)
+    scorer = Scorer(loaded, FeatureConfig())
+    audiences = scorer.audiences
+    for array in (
+        scorer._user_factors,
+        scorer._item_factors,
+        scorer._item_factors_t,
+        scorer._unit_item_factors,
+        scorer._user_weights.data,
+        scorer._user_weights.indices,
+        scorer._consumed.indices,
+        scorer._negatives.indptr,
+        audiences._consumed.indices,
+        audiences._user_factors,
+    ):
+        assert _mapped(array)
+    # The derived arrays are what the scorer computes for a model it did not load.
+    computed = model.with_serving_arrays()
+    assert computed.item_factors_t is not None and computed.unit_item_factors is not None
+    np.testing.assert_array_equal(loaded.item_factors_t, computed.item_factors_t)
+    np.testing.assert_array_equal(loaded.unit_item_factors, computed.unit_item_factors)
+    assert computed.consumed_by_item is not None
+    assert (loaded.consumed_by_item != computed.consumed_by_item).nnz == 0
+
+
+def _count_hashing(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    hashed: list[str] = []
+    original = artifact._sha256
+
+    def counting(path: Path) -> str:
+        hashed.append(path.name)
+        return original(path)
+
+    monkeypatch.setattr(artifact, "_sha256", counting)
+    return hashed
+
+
+def test_a_verification_is_remembered_until_a_file_changes(
+    model: ModelArtifact, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = save(model, tmp_path)
+    files = set(json.loads((path / "manifest.json").read_text())["files"])
+    monkeypatch.setattr(artifact, "_SETTLED_SECONDS", 0.0)  # these files are a moment old
+    hashed = _count_hashing(monkeypatch)
+    load(path)
+    assert set(hashed) - {"manifest.json"} == files and (path / artifact.VERIFIED).is_file()
+    hashed.clear()
+    load(path)  # the same files: only the manifest is hashed
+    assert hashed == ["manifest.json"]
+    time.sleep(0.05)
+    victim = path / "factors.item.npy"
+    data = bytearray(victim.read_bytes())
+    data[-1] ^= 0xFF  # same size, in place
+    with victim.open("r+b") as fh:
+        fh.write(bytes(data))
+    with pytest.raises(ArtifactError, match="checksum mismatch in factors.item.npy"):
+        load(path)
+
+
+def test_files_younger_than_the_settling_time_are_verified_every_time(
+    model: ModelArtifact, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = save(model, tmp_path)
+    hashed = _count_hashing(monkeypatch)
+    load(path)
+    load(path)
+    assert hashed.count("factors.user.npy") == 2
+    assert not (path / artifact.VERIFIED).exists()
+
+
+def test_pruning_a_version_that_a_process_still_maps_does_not_break_it(
+    model: ModelArtifact, tmp_path: Path
+) -> None:
+    """Pruning unlinks the files; the mappings keep their pages until the scorer is dropped."""
+    path = save(model, tmp_path)
+    scorer = Scorer(load(path), FeatureConfig())
+    requests = [RecommendRequest(user_id=u, n=4) for u in ("u0", "u5", "u11")]
+    before = [
+        [r.item_id for r in result.items] for result in scorer.recommend(requests, CatalogView())
+    ]
+    assert prune(tmp_path, keep=[]) == [model.version] and not path.exists()
+    gc.collect()
+    after = [
+        [r.item_id for r in result.items] for result in scorer.recommend(requests, CatalogView())
+    ]
+    assert after == before and all(after)
+    assert scorer.audiences.for_vector(
+        scorer._item_factors[0], 3, np.zeros(0, np.int64), frozenset()
+    )

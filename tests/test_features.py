@@ -11,6 +11,7 @@ import pytest
 import scipy.sparse as sp
 from implicit.nearest_neighbours import bm25_weight
 
+from recsvc import features
 from recsvc.features import (
     Confidence,
     EventColumns,
@@ -23,6 +24,8 @@ from recsvc.features import (
     event_weights,
     factorize,
     item_text,
+    load_arrays,
+    save_arrays,
 )
 
 DAY = 86_400.0
@@ -87,6 +90,35 @@ def test_vocabulary_maps_both_ways_and_reports_unknown_ids() -> None:
     assert "a" in vocab and len(vocab) == 3
     with pytest.raises(ValueError, match="unique"):
         Vocabulary(["a", "a"])
+    assert vocab.index_of("\ud800") is None and "\ud800" not in vocab  # lone surrogate
+    assert Vocabulary(vocab.ids) == vocab and vocab.ids.tolist() == ["b", "a", "课"]
+
+
+def test_vocabulary_arrays_round_trip_and_answer_the_same(tmp_path: Path) -> None:
+    ids = [f"u{k}" for k in range(500)] + ["用户", "a b", "x" * 300, ""]
+    vocab = Vocabulary(ids)
+    saved = save_arrays(tmp_path, "users", vocab.to_arrays())
+    mapped = Vocabulary.from_arrays(load_arrays(tmp_path, "users", vocab.to_arrays()))
+    assert len(saved) == 4 and mapped == vocab and len(mapped) == len(ids)
+    assert mapped.indices_of(ids).tolist() == list(range(len(ids)))
+    assert mapped.ids_of([0, 501, 503]) == ["u0", "a b", ""]
+    assert mapped.index_of("u500") is None and mapped.id_of(-1) == ""
+    with pytest.raises(IndexError):
+        mapped.id_of(len(ids))
+    broken = {**vocab.to_arrays(), "offsets": vocab.to_arrays()["offsets"][:-1]}
+    with pytest.raises(ValueError, match="disagree"):
+        Vocabulary.from_arrays(broken)
+
+
+def test_vocabulary_lookups_survive_hash_collisions(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ids with equal hashes sit side by side in the sorted hashes; a lookup compares bytes."""
+    monkeypatch.setattr(features, "_blake2b_64", lambda key: len(key) % 3)
+    ids = ["a", "bb", "cc", "ddd", "e", "ff", "课"]
+    vocab = Vocabulary(ids)
+    assert vocab.indices_of(ids).tolist() == list(range(len(ids)))
+    assert vocab.index_of("zz") is None and vocab.index_of("g") is None
+    with pytest.raises(ValueError, match="unique"):
+        Vocabulary(["bb", "cc", "bb"])
 
 
 def test_factorize_matches_numpy_unique() -> None:
@@ -427,3 +459,21 @@ def test_negative_only_items_are_kept_when_the_minimum_is_zero() -> None:
     kept = build_interactions(ev, FeatureConfig(min_user_interactions=0, min_item_interactions=0))
     assert kept.items.ids.tolist() == ["c1", "c2"]
     assert dense(kept.negatives).tolist() == [[True, True], [False, False]]
+
+
+def test_large_batches_of_ids_are_looked_up_alike(monkeypatch: pytest.MonkeyPatch) -> None:
+    vocab = Vocabulary([f"u{k}" for k in range(300)] + ["用户"])
+    wanted = ["用户", "nobody", *(f"u{k}" for k in range(0, 400, 7))]
+    one_by_one = vocab.indices_of(wanted)
+    monkeypatch.setattr(features, "_BULK_LOOKUP", 10)
+    np.testing.assert_array_equal(vocab.indices_of(iter(wanted)), one_by_one)
+    assert one_by_one[:2].tolist() == [300, -1] and (one_by_one[2:45] >= 0).all()
+
+
+def test_many_ids_are_decoded_alike() -> None:
+    vocab = Vocabulary([f"u{k}" for k in range(100)] + ["用户", "x" * 300])
+    wanted = [100, 0, 101, -1, *range(5, 95, 2)]
+    assert len(wanted) > features._FEW
+    assert vocab.ids_of(wanted) == [vocab.id_of(i) for i in wanted]
+    with pytest.raises(IndexError):
+        vocab.ids_of([*range(40), 102])

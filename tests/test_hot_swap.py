@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from conftest import KEYS, OPS, READ, activate_behind_the_api, free_port
-from recsvc import cli
+from recsvc import artifact, cli
 from recsvc.config import Settings, get_settings
 from test_models import load_demo
 
@@ -105,3 +105,43 @@ def test_activation_under_load(versions: tuple[str, str], two_workers: str) -> N
     settled = {version for at, _, version in seen if at > activated_at + 5.0}
     assert before == {older}
     assert settled == {newer}, "every worker serves the new version within 5 s"
+
+
+def test_pruning_the_version_the_workers_serve(
+    versions: tuple[str, str], two_workers: str, settings: Settings
+) -> None:
+    """The workers map the active version's files; deleting its folder (a prune, or an operator
+    cleaning up) unlinks them, and the workers keep answering from their mappings."""
+    older, newer = versions
+    answers: list[tuple[str, int]] = []
+
+    async def load(stop_at: float, client: httpx.AsyncClient, worker: int) -> None:
+        i = worker
+        while time.monotonic() < stop_at:
+            user, item = f"u{(i % 600) + 1:05d}", f"c{(i % 120) + 1:04d}"
+            i += 4
+            for kind, path in (
+                ("recommendations", f"/v1/users/{user}/recommendations?n=5&explain=true"),
+                ("similar", f"/v1/items/{item}/similar?n=3"),
+                ("audience", f"/v1/items/{item}/audience?n=5"),
+            ):
+                response = await client.get(path, headers=READ)
+                answers.append((kind, response.status_code))
+                if kind == "recommendations" and response.status_code == 200:
+                    assert response.json()["model_version"] == older
+
+    async def scenario() -> None:
+        async with httpx.AsyncClient(base_url=two_workers, timeout=30) as client:
+            stop_at = time.monotonic() + 6.0
+            loaders = [asyncio.create_task(load(stop_at, client, w)) for w in range(4)]
+            await asyncio.sleep(1.5)
+            assert artifact.prune(settings.models_dir, keep=[newer]) == [older]
+            await asyncio.gather(*loaders)
+
+    asyncio.run(scenario())
+    assert not (settings.models_dir / older).exists()
+    assert len(answers) > 60
+    assert {status for kind, status in answers if kind == "recommendations"} == {200}
+    # An item the model does not know is a 404; nothing may fail.
+    assert all(status in (200, 404) for _, status in answers)
+    assert sum(status == 200 for kind, status in answers if kind != "recommendations") > 20

@@ -181,7 +181,7 @@ async def test_corrupt_artifact_is_refused(demo: Settings, client: httpx.AsyncCl
         job = (await client.post("/v1/models/train", json=body, headers=OPS)).json()
         versions.append((await wait_for_job(client, job["job_id"]))["version"])
     older = demo.models_dir / versions[0]
-    factors = older / "factors.npz"
+    factors = older / "factors.user.npy"
     factors.write_bytes(factors.read_bytes()[:-100])  # truncated on disk
     refused = await client.post(f"/v1/models/{versions[0]}/activate", headers=OPS)
     assert refused.status_code == 409

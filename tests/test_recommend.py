@@ -324,7 +324,7 @@ async def test_a_corrupt_activated_model_is_refused_and_the_old_one_serves(
     ).status_code == 200
     await serving.refresh()
     assert serving.version == serving_before
-    (trained.models_dir / newer / "factors.npz").write_bytes(b"garbage")
+    (trained.models_dir / newer / "factors.user.npy").write_bytes(b"garbage")
     await activate_behind_the_api(trained.database_url, newer)
     failures = metrics.ARTIFACT_LOAD_FAILURES._value.get()
     await serving.refresh()

@@ -1054,15 +1054,14 @@ async def topic_audience(
     empty list when no course of the model has them)."""
     live, version = _live_model(serving)
     model, catalog = live.scorer, serving.catalog
-    categories, tags = frozenset(body.categories), frozenset(body.tags)
+    items = model.topic_items(frozenset(body.categories), frozenset(body.tags), catalog)
     fresh: set[str] = set()
     if body.exclude_consumed:
-        items = model.topic_items(categories, tags, catalog)
         fresh = await ingest.users_with_events_after(
             session, model.items.ids_of(items), _leaving_types(serving), live.cutoff
         )
     result = await asyncio.to_thread(
-        model.topic_audience, categories, tags, body.n, catalog, body.exclude_consumed, fresh
+        model.topic_audience, items, body.n, body.exclude_consumed, fresh
     )
     return _audience(result, version, None)
 

@@ -142,6 +142,14 @@ class Settings(BaseSettings):
         "above them (item factors and categories; request parameter diversity); 0: none. 0.1 "
         "was measured on the demo holdout (bench/diversity.py --tune)",
     )
+    ann_probes: int | None = Field(
+        None,
+        ge=0,
+        le=100_000,
+        description="for catalogs of 200,000 courses or more: clusters of the item index scored "
+        "per personal list; unset: the model's own, calibrated at training to find 95% of the "
+        "exact top 10; 0: score every course exactly",
+    )
     family_edition_patterns: list[str] | None = Field(
         None,
         description="JSON list of regexes of edition markers removed from the end of titles "

@@ -33,7 +33,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.dialects.postgresql import ARRAY, aggregate_order_by
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from recsvc import db
@@ -766,23 +766,40 @@ async def learner_events(
     session: AsyncSession, user_id: str, limit: int
 ) -> tuple[list[str], list[str], list[float | None], list[float]]:
     """The learner's newest `limit` events, oldest first, as columns: item ids, types, values
-    and occurrence times in unix seconds (one indexed query on (user_id, txid))."""
-    query = (
+    and occurrence times in unix seconds (one query; the (user_id, txid) index finds them)."""
+    newest = (
         select(
             EVENTS.c.item_id,
             EVENTS.c.type,
             EVENTS.c.value,
             # seconds computed by the database: a datetime per row costs more than the query
-            cast(extract("epoch", EVENTS.c.occurred_at), Float),
+            cast(extract("epoch", EVENTS.c.occurred_at), Float).label("seconds"),
+            EVENTS.c.occurred_at,
+            EVENTS.c.id,
         )
         .where(EVENTS.c.user_id == user_id)
         .order_by(EVENTS.c.occurred_at.desc(), EVENTS.c.id.desc())
         .limit(limit)
     )
-    rows = (await session.execute(query)).all()
-    rows.reverse()
-    items, types, values, seconds = zip(*rows, strict=True) if rows else ((), (), (), ())
-    return list(items), list(types), list(values), [float(s) for s in seconds]
+    if session.bind.dialect.name == "postgresql":
+        # One row of four arrays, which asyncpg decodes in C: a profile's 1,000 events as rows
+        # cost ~5 ms of row handling.
+        rows = newest.subquery()
+        oldest_first = (rows.c.occurred_at, rows.c.id)
+        columns = (rows.c.item_id, rows.c.type, rows.c.value, rows.c.seconds)
+        query = select(
+            *(postgresql.array_agg(aggregate_order_by(c, *oldest_first)) for c in columns)
+        )
+        items, types, values, seconds = (await session.execute(query)).one()
+        return list(items or ()), list(types or ()), list(values or ()), list(seconds or ())
+    found = (await session.execute(newest)).all()
+    found.reverse()
+    return (
+        [row.item_id for row in found],
+        [row.type for row in found],
+        [row.value for row in found],
+        [float(row.seconds) for row in found],
+    )
 
 
 MAX_IN_LIST = 1000

@@ -11,7 +11,8 @@ One `Scorer` is built per model version (`ModelArtifact`) and owns everything a 
   the transform fitted at training, then the user's factors recomputed
   (`training.fold_in_users`);
 * batched scoring: every request of a `recommend` call that needs a full ALS ranking is scored
-  by one matrix product (users stacked @ item factors.T);
+  by one matrix product (users stacked @ item factors.T); for a catalog with an item index
+  (`ann.py`, 200,000 courses or more) each scores only its best clusters' items;
 * filters applied in every strategy: consumed, negative (e.g. dislike), unrecommendable,
   excluded and out-of-category items;
 * lists a person reads (`lists.py`): at most `max_per_family` editions of one course family in
@@ -23,7 +24,9 @@ Item spaces: ALS strategies and the popular fill rank only the model's items; `q
 `content` also reach items known only to the text index (courses newer than the model).
 A catalog item the model has never seen and the text index does not hold cannot be returned.
 
-Thread safety: after construction the scorer only reads its arrays; its one cache (indices
+Memory: the arrays of a loaded version are memory-mapped (artifact.py) and used as they are, so
+the workers of a machine share them. Thread safety: after construction the scorer only reads
+its arrays; its one cache (indices
 derived from the latest `CatalogView`) is replaced atomically, so concurrent calls are safe.
 BLAS threads are not limited here (threadpoolctl costs ~1.5 ms per call): serving processes
 set OPENBLAS_NUM_THREADS / OMP_NUM_THREADS.
@@ -162,17 +165,21 @@ class RecommendResult:
 # --------------------------------------------------------------------------------------------
 
 
-def _top_per_family(scores: Float32Array, plan: _Plan, n: int) -> list[tuple[int, float]]:
+def _top_per_family(
+    scores: Float32Array, plan: _Plan, n: int, items: IndexArray | None = None
+) -> list[tuple[int, float]]:
     """The `n` best finite scores (item, score), best first, at most the plan's
     `max_per_family` of one family: more candidates (four times as many each round) only if
-    families thin them."""
+    families thin them. `items`: the item of each score, when not every item is scored."""
     per_family = plan.request.max_per_family
     wanted = n
     while True:
         top = lists.top_n(scores, wanted)
-        chosen = top[plan.index.families.keep(top, per_family)][:n]
+        universe = top if items is None else items[top]
+        kept = plan.index.families.keep(universe, per_family)
+        chosen, chosen_scores = universe[kept][:n], scores[top[kept][:n]]
         if len(chosen) >= n or len(top) < wanted:
-            return list(zip(chosen.tolist(), scores[chosen].tolist(), strict=True))
+            return list(zip(chosen.tolist(), chosen_scores.tolist(), strict=True))
         wanted *= 4
 
 
@@ -308,6 +315,7 @@ class Scorer:
         feature_config: FeatureConfig,
         consumed_types: frozenset[str] = frozenset(DEFAULT_CONSUMED_TYPES),
         query_taste_weight: float = 0.5,
+        ann_probes: int | None = None,
     ) -> None:
         if not 0.0 <= query_taste_weight <= 1.0:
             raise ValueError("query_taste_weight must be in [0, 1]")
@@ -320,17 +328,22 @@ class Scorer:
         # Event type -> index into known_types, the codes `event_weights` reads.
         self._type_codes = {t: code for code, t in enumerate(feature_config.known_types)}
 
+        # Loaded versions bring these arrays memory-mapped: this process holds no copy of them.
+        artifact = artifact.with_serving_arrays()
+        assert artifact.item_factors_t is not None and artifact.unit_item_factors is not None
         self.users: Vocabulary = artifact.users
         self.items: Vocabulary = artifact.items
         self.n_items = len(self.items)
-        self._item_ids: list[str] = self.items.ids.tolist()
         self._user_factors = np.ascontiguousarray(artifact.user_factors, dtype=np.float32)
         self._item_factors = np.ascontiguousarray(artifact.item_factors, dtype=np.float32)
-        # A contiguous transposed copy: users @ items.T against it is 1.5x faster (measured on
-        # 100k x 64: 0.74 vs 1.12 ms for one user, 4.9 vs 8.3 ms for 16).
-        self._item_factors_t = np.ascontiguousarray(self._item_factors.T)
-        norms = np.linalg.norm(self._item_factors, axis=1, keepdims=True)
-        self._unit_item_factors = self._item_factors / np.where(norms > 0, norms, 1.0)
+        self._item_factors_t = artifact.item_factors_t
+        self._unit_item_factors = artifact.unit_item_factors
+        # A large catalog's item index (ann.py): the clusters scored per personal list are
+        # the model's calibrated probes, or `ann_probes` (0: exact scoring).
+        index = artifact.item_index
+        self.ann_probes = ann_probes if ann_probes is not None or index is None else index.probes
+        use_index = index is not None and 0 < self.ann_probes < index.n_clusters
+        self._item_index = index if use_index else None
         self._model = als_from_factors(self._user_factors, self._item_factors, self.params)
         _ = self._model.YtY  # implicit caches it lazily; compute it before threads share it
         # Fold-in adds new weights to the stored ones and applies the confidence fitted at
@@ -341,6 +354,7 @@ class Scorer:
         self._user_weights = _canonical_csr(stored_weights, np.float32)
         self._negatives = _canonical_csr(artifact.negatives, bool)
         self._consumed = _canonical_csr(artifact.consumed, bool)
+        self._by_item = (artifact.consumed_by_item, artifact.negatives_by_item)
 
         recent = np.asarray(artifact.recent_popularity, dtype=np.int64)
         ever = np.asarray(artifact.popularity, dtype=np.int64)
@@ -354,16 +368,16 @@ class Scorer:
         self.text_index = artifact.text_index
         self._text_to_universe = np.zeros(0, dtype=np.int64)
         self._text_only_index: dict[str, int] = {}
-        self._universe_ids = list(self._item_ids)
+        self._text_only_ids: list[str] = []  # universe index n_items + j
         if self.text_index is not None:
             text_ids = self.text_index.items.ids.tolist()
             position = self.items.indices_of(text_ids)
             for j, t in enumerate(np.flatnonzero(position < 0).tolist()):
                 position[t] = self.n_items + j
                 self._text_only_index[text_ids[t]] = self.n_items + j
-                self._universe_ids.append(text_ids[t])
+                self._text_only_ids.append(text_ids[t])
             self._text_to_universe = position
-        self.n_universe = len(self._universe_ids)
+        self.n_universe = self.n_items + len(self._text_only_ids)
         self._catalog_cache: _CatalogIndex | None = None
         # Erased learners: their model rows are never used (see `forget`).
         self._forgotten: frozenset[str] = frozenset()
@@ -430,6 +444,15 @@ class Scorer:
                 plan.strategy = "als_foldin" if plan.folded_row is not None else "als"
 
         ranked = [p for p in plans if p.strategy in ("als", "als_foldin")]
+        if self._item_index is not None:  # a large catalog: its best clusters only (ann.py)
+            for plan in ranked:
+                assert plan.vector is not None
+                items, item_scores = self._item_index.candidates(plan.vector, self.ann_probes)
+                allowed = ~plan.blocked[items]
+                pool_size = _pool_size(plan.request)
+                pool = _top_per_family(item_scores[allowed], plan, pool_size, items[allowed])
+                plan.items = self._diversify(plan, pool)
+            ranked = []
         for start in range(0, len(ranked), MAX_BATCH_ROWS):
             chunk = ranked[start : start + MAX_BATCH_ROWS]
             vectors = np.stack([p.vector for p in chunk if p.vector is not None])
@@ -506,10 +529,11 @@ class Scorer:
 
     @property
     def audiences(self) -> Audiences:
-        """Built on first use (it transposes the consumed and negative pairs once)."""
+        """Built on first use, over the artifact's arrays (no copies)."""
         if self._audiences is None:
+            consumed, negatives = self._by_item
             self._audiences = Audiences(
-                self.users, self._user_factors, self._consumed, self._negatives, self.segments
+                self.users, self._user_factors, consumed, negatives, self.segments
             )
         return self._audiences
 
@@ -599,17 +623,15 @@ class Scorer:
 
     def topic_audience(
         self,
-        categories: frozenset[str],
-        tags: frozenset[str],
+        items: IndexArray,
         n: int,
-        catalog: CatalogView,
         exclude_consumed: bool = True,
         also_excluded: Iterable[str] = (),
     ) -> AudienceResult:
-        """The learners most likely to take courses of these categories or tags: the
-        popularity-weighted mean of their factors (`topic`); with `exclude_consumed`, learners
-        who consumed or disliked one of them are left out. No such course: nobody."""
-        items = self.topic_items(categories, tags, catalog)
+        """The learners most likely to take the courses `items` (`topic_items` of some
+        categories or tags): the popularity-weighted mean of their factors (`topic`); with
+        `exclude_consumed`, learners who consumed or disliked one of them are left out. No
+        such course: nobody."""
         if not len(items):
             return AudienceResult("topic", [], 0)
         weights = (1.0 + np.log1p(self._popularity[False][items])).astype(np.float32)
@@ -635,6 +657,11 @@ class Scorer:
     # ---------------------------------------------------------------------------------------
     # Catalog and filters
     # ---------------------------------------------------------------------------------------
+
+    def _universe_id(self, index: int) -> str:
+        if index < self.n_items:
+            return self.items.id_of(index)
+        return self._text_only_ids[index - self.n_items]
 
     def _universe_index(self, item_id: str) -> int | None:
         found = self.items.index_of(item_id)
@@ -912,15 +939,16 @@ class Scorer:
         titles = catalog.titles
         reasons = self._reasons(plan, titles) if plan.request.explain else None
         listed = {i for i, _ in plan.items}
+        ids = [self._universe_id(i) for i, _ in plan.items]
         items = [
             Recommendation(
-                item_id=self._universe_ids[i],
+                item_id=item_id,
                 score=float(score),
-                title=titles.get(self._universe_ids[i], ""),
+                title=titles.get(item_id, ""),
                 reasons=reasons[position] if reasons is not None else None,
                 editions=self._editions(plan, i, listed, titles),
             )
-            for position, (i, score) in enumerate(plan.items)
+            for position, ((i, score), item_id) in enumerate(zip(plan.items, ids, strict=True))
         ]
         strategy = plan.strategy + ("+popular" if plan.filled else "")
         return RecommendResult(strategy=strategy, items=items, user_id=plan.request.user_id)
@@ -957,7 +985,7 @@ class Scorer:
         if not plan.index.families.has_editions(item):
             return []
         return [
-            (self._universe_ids[m], titles.get(self._universe_ids[m], ""))
+            (self._universe_id(m), titles.get(self._universe_id(m), ""))
             for m in plan.index.families.members(item).tolist()
             if m not in listed and not plan.blocked[m]
         ]
@@ -995,8 +1023,10 @@ class Scorer:
             target_columns, target_weights = next(per_target)
             reasons.append(
                 [
-                    Reason(self._item_ids[j], titles.get(self._item_ids[j], ""), w)
-                    for j, w in zip(target_columns, target_weights, strict=True)
+                    Reason(item_id, titles.get(item_id, ""), w)
+                    for item_id, w in zip(
+                        self.items.ids_of(target_columns), target_weights, strict=True
+                    )
                     if w > 0
                 ]
             )
