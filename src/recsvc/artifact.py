@@ -241,9 +241,13 @@ def _fsync_path(path: Path) -> None:
         os.close(fd)
 
 
-def _canonical(matrix: sp.spmatrix | sp.sparray, dtype: Any) -> sp.csr_matrix:
-    """A CSR copy with sorted, summed indices: what serving reads without copying again."""
-    result = sp.csr_matrix(matrix, dtype=dtype, copy=True)
+def canonical_csr(
+    matrix: sp.spmatrix | sp.sparray, dtype: Any, copy: bool = False
+) -> sp.csr_matrix:
+    """`matrix` as CSR of `dtype` with sorted, summed indices. Without `copy`, arrays that are
+    already so (a loaded version's, memory-mapped) are used as they are; with it, `matrix` is
+    never changed (save writes this form, so serving reads it without copying again)."""
+    result = sp.csr_matrix(matrix, dtype=dtype, copy=copy)
     result.sum_duplicates()
     result.sort_indices()
     return result
@@ -298,9 +302,9 @@ def _arrays_of(artifact: ModelArtifact) -> dict[str, dict[str, npt.NDArray[Any]]
         },
         "users": full.users.to_arrays(),
         "items": full.items.to_arrays(),
-        "user_items": _sparse_parts(_canonical(full.user_items, np.float32)),
-        "negatives": _sparse_parts(_canonical(full.negatives, bool)),
-        "consumed": _sparse_parts(_canonical(full.consumed, bool)),
+        "user_items": _sparse_parts(canonical_csr(full.user_items, np.float32, copy=True)),
+        "negatives": _sparse_parts(canonical_csr(full.negatives, bool, copy=True)),
+        "consumed": _sparse_parts(canonical_csr(full.consumed, bool, copy=True)),
         **{name: _sparse_parts(matrix) for name, matrix in by_item.items()},
         "popularity": {
             "all": np.asarray(full.popularity, dtype=np.int64),
@@ -308,7 +312,9 @@ def _arrays_of(artifact: ModelArtifact) -> dict[str, dict[str, npt.NDArray[Any]]
         },
     }
     if full.user_weights is not None and full.confidence is not None:
-        groups["user_weights"] = _sparse_parts(_canonical(full.user_weights, np.float32))
+        groups["user_weights"] = _sparse_parts(
+            canonical_csr(full.user_weights, np.float32, copy=True)
+        )
         groups["confidence"] = full.confidence.to_arrays()
     if full.segments is not None:
         groups["segments"] = full.segments.to_arrays()

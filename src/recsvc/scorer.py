@@ -50,7 +50,7 @@ import scipy.linalg
 import scipy.sparse as sp
 
 from recsvc import lists
-from recsvc.artifact import ModelArtifact
+from recsvc.artifact import ModelArtifact, canonical_csr
 from recsvc.audience import CONTENT_NEIGHBOURS, AudienceResult, Audiences
 from recsvc.config import DEFAULT_CONSUMED_TYPES
 from recsvc.features import FeatureConfig, Vocabulary, event_weights, item_text
@@ -191,13 +191,6 @@ def _pool_size(request: RecommendRequest) -> int:
 def _csr_row(matrix: sp.csr_matrix, row: int) -> tuple[IndexArray, npt.NDArray[Any]]:
     start, end = matrix.indptr[row], matrix.indptr[row + 1]
     return matrix.indices[start:end].astype(np.int64), matrix.data[start:end]
-
-
-def _canonical_csr(matrix: sp.spmatrix | sp.sparray, dtype: Any) -> sp.csr_matrix:
-    result = sp.csr_matrix(matrix, dtype=dtype)
-    result.sum_duplicates()
-    result.sort_indices()
-    return result
 
 
 @dataclass
@@ -351,9 +344,9 @@ class Scorer:
         # user's confidence row (explain) is that confidence of their weights, derived per
         # request rather than held as a second copy of every pair.
         stored_weights, self._confidence = artifact.fold_in_basis()
-        self._user_weights = _canonical_csr(stored_weights, np.float32)
-        self._negatives = _canonical_csr(artifact.negatives, bool)
-        self._consumed = _canonical_csr(artifact.consumed, bool)
+        self._user_weights = canonical_csr(stored_weights, np.float32)
+        self._negatives = canonical_csr(artifact.negatives, bool)
+        self._consumed = canonical_csr(artifact.consumed, bool)
         self._by_item = (artifact.consumed_by_item, artifact.negatives_by_item)
 
         recent = np.asarray(artifact.recent_popularity, dtype=np.int64)
