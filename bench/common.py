@@ -39,13 +39,15 @@ async def _admin(server_url: str, sql: str) -> None:
 
 
 @contextmanager
-def throwaway_database(server_url: str) -> Iterator[str]:
-    """A new PostgreSQL database on `server_url`'s server, migrated, dropped afterwards."""
+def throwaway_database(server_url: str, migrate: bool = True) -> Iterator[str]:
+    """A new PostgreSQL database on `server_url`'s server, migrated (unless `migrate` is
+    False), dropped afterwards."""
     name = f"recsvc_bench_{uuid.uuid4().hex[:8]}"
     url = make_url(server_url).set(database=name).render_as_string(hide_password=False)
     asyncio.run(_admin(server_url, f'CREATE DATABASE "{name}"'))
     try:
-        asyncio.run(db.upgrade(url))
+        if migrate:
+            asyncio.run(db.upgrade(url))
         yield url
     finally:
         asyncio.run(_admin(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))

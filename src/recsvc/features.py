@@ -336,11 +336,19 @@ class Vocabulary:
 
     def ids_of(self, indices: npt.ArrayLike) -> list[str]:
         wanted = np.asarray(indices, dtype=np.int64)
-        if len(wanted) <= _FEW:
-            return [self.id_of(i) for i in wanted.tolist()]
-        if len(wanted) and not (-len(self) <= wanted.min() and wanted.max() < len(self)):
+        size = len(self)
+        if len(wanted) <= _FEW:  # a served list: slices of the text, no Arrow array
+            positions = wanted.tolist()
+            if positions and not (-size <= min(positions) and max(positions) < size):
+                raise IndexError("vocabulary index out of range")
+            if positions and min(positions) < 0:
+                wanted = wanted % size
+            text = self._text.data
+            starts, ends = self._offsets[wanted].tolist(), self._offsets[wanted + 1].tolist()
+            return [str(text[start:end], "utf-8") for start, end in zip(starts, ends, strict=True)]
+        if not (-size <= wanted.min() and wanted.max() < size):
             raise IndexError("vocabulary index out of range")
-        return cast(list[str], self._strings().take(wanted % max(len(self), 1)).to_pylist())
+        return cast(list[str], self._strings().take(wanted % size).to_pylist())
 
 
 _BULK_LOOKUP = 50_000

@@ -23,7 +23,7 @@ FloatArray = npt.NDArray[np.float64]
 
 
 _SHORT = 256  # up to this many ranked items, `rank_in_family` counts in Python
-_BLOCK = 256  # block size of the top-n pre-selection (see `top_n`)
+_BLOCK = 256  # items per group of the top-n pre-selection (see `top_n`)
 
 
 def pool_size(n: int) -> int:
@@ -103,20 +103,17 @@ def mmr(relevance: FloatArray, alike: FloatArray, n: int, diversity: float) -> I
         return np.arange(n, dtype=np.int64)
     low, high = float(relevance.min()), float(relevance.max())
     scaled = (relevance - low) / (high - low) if high > low else np.ones(count)
-    # A list's few candidates: plain Python beats numpy's per-call overhead here.
-    gain = ((1.0 - diversity) * scaled).tolist()
-    penalty = (diversity * alike).tolist()
-    value = list(gain)  # marginal relevance, lowered as similar items are chosen
-    chosen: list[int] = []
-    for _ in range(n):
-        best = max(range(count), key=value.__getitem__)  # ties: the better ranked candidate
-        chosen.append(best)
+    gain = (1.0 - diversity) * scaled
+    # Row j: each candidate's marginal relevance if j were the most alike item chosen.
+    marginal = gain[None, :] - diversity * alike
+    value = gain.copy()  # marginal relevance, lowered as similar items are chosen
+    chosen = np.empty(n, dtype=np.int64)
+    for step in range(n):
+        best = int(value.argmax())  # ties: the better ranked candidate
+        chosen[step] = best
+        np.minimum(value, marginal[best], out=value)
         value[best] = -math.inf
-        for j, lowered in enumerate(penalty[best]):
-            # the most alike chosen item only gets closer: value = gain - that similarity
-            if gain[j] - lowered < value[j]:
-                value[j] = gain[j] - lowered
-    return np.asarray(chosen, dtype=np.int64)
+    return chosen
 
 
 def top_n(scores: npt.NDArray[np.float32], n: int) -> IndexArray:
@@ -124,8 +121,10 @@ def top_n(scores: npt.NDArray[np.float32], n: int) -> IndexArray:
 
     np.argpartition over 100k items costs ~0.6 ms, more than the item's share of the matrix
     product (scorer.py), and ~20 ms over 1M learners (audience.py), so candidates are
-    pre-selected: the n-th best block maximum is a score that at least n items reach, and
-    usually only ~2n items do.
+    pre-selected: the items fall into groups of `_BLOCK` (item i in group i mod the number of
+    groups), and the n-th best group maximum is a score that at least n items reach, and
+    usually only ~2n items do. Strided groups, because numpy takes the maximum across the
+    rows of a C-ordered array with SIMD and along them without (100k: 12 instead of 40 us).
     """
     size = int(scores.shape[0])
     if n <= 0 or size == 0:
@@ -134,14 +133,14 @@ def top_n(scores: npt.NDArray[np.float32], n: int) -> IndexArray:
     candidates: IndexArray
     if n_blocks > 4 * n:
         full = n_blocks * _BLOCK
-        block_max = scores[:full].reshape(n_blocks, _BLOCK).max(axis=1)
+        block_max = scores[:full].reshape(_BLOCK, n_blocks).max(axis=0)
         if full < size:
             block_max = np.append(block_max, scores[full:].max())
         kth = len(block_max) - n
         threshold = np.partition(block_max, kth)[kth]
         if np.isfinite(threshold):
             candidates = np.flatnonzero(scores >= threshold)
-        else:  # fewer than n blocks hold a finite score: every finite score is a candidate
+        else:  # fewer than n groups hold a finite score: every finite score is a candidate
             candidates = np.flatnonzero(np.isfinite(scores))
     else:
         candidates = np.flatnonzero(np.isfinite(scores))
