@@ -43,6 +43,39 @@ def test_mmr_trades_relevance_for_unlike_items() -> None:
     assert lists.mmr(relevance, alike, 10, 0.6).tolist() == [0, 3, 1, 2]  # n beyond the pool
 
 
+def test_lists_stacked_get_what_each_gets_alone() -> None:
+    """Serving re-ranks a batch's lists together: the same similarity matrices, bit for bit,
+    and the same choices as one list at a time (ties included), with and without categories."""
+    rng = np.random.default_rng(7)
+    for diversity in (0.0, 0.1, 0.5, 1.0):
+        vectors = rng.normal(size=(6, 20, 8))
+        vectors /= np.linalg.norm(vectors, axis=2, keepdims=True)
+        vectors[:, 3] = 0.0  # a candidate without factors
+        codes = rng.integers(-1, 5, size=(6, 20, lists.MAX_CATEGORIES))
+        codes[0] = -1  # a list without categories
+        relevance = np.round(rng.normal(size=(6, 20)), 1)  # ties
+        relevance[1] = 1.0  # all equal
+        alike = lists.similarity(vectors, codes)
+        together = lists.mmr(relevance, alike, 10, diversity)
+        assert together.shape == (6, 10)
+        for row in range(6):
+            alone = lists.similarity(vectors[row], codes[row])
+            assert np.array_equal(alike[row], alone)
+            alone_chosen = lists.mmr(relevance[row], alone, 10, diversity)
+            assert together[row].tolist() == alone_chosen.tolist()
+
+
+def test_top_n_is_exact_with_ties_and_blocked_scores() -> None:
+    rng = np.random.default_rng(3)
+    for size in (10, 300, 5_000, 100_003):
+        scores = np.round(rng.normal(size=size), 2).astype(np.float32)  # many ties
+        scores[rng.random(size) < 0.3] = -np.inf
+        for n in (1, 10, 20):
+            expected = np.lexsort((np.arange(size), -scores))[:n]
+            expected = expected[np.isfinite(scores[expected])]
+            assert lists.top_n(scores, n).tolist() == expected.tolist()
+
+
 def test_diversity_spreads_a_learners_list_over_categories(scorer) -> None:  # noqa: F811
     """A learner who viewed a language course, asked for 3: without diversity all three are
     language courses; with full diversity the list reaches into the other category, and the

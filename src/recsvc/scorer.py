@@ -438,26 +438,28 @@ class Scorer:
 
         ranked = [p for p in plans if p.strategy in ("als", "als_foldin")]
         if self._item_index is not None:  # a large catalog: its best clusters only (ann.py)
+            pools = []
             for plan in ranked:
                 assert plan.vector is not None
                 items, item_scores = self._item_index.candidates(plan.vector, self.ann_probes)
                 allowed = ~plan.blocked[items]
                 pool_size = _pool_size(plan.request)
-                pool = _top_per_family(item_scores[allowed], plan, pool_size, items[allowed])
-                plan.items = self._diversify(plan, pool)
+                pools.append(_top_per_family(item_scores[allowed], plan, pool_size, items[allowed]))
+            self._diversify(ranked, pools)
             ranked = []
         for start in range(0, len(ranked), MAX_BATCH_ROWS):
             chunk = ranked[start : start + MAX_BATCH_ROWS]
             vectors = np.stack([p.vector for p in chunk if p.vector is not None])
             scores = self._scores(vectors, helper)  # one product for the whole chunk
+            pools = []
             for plan, row in zip(chunk, scores, strict=True):
                 np.copyto(row, np.float32(-np.inf), where=plan.blocked[: self.n_items])
-                pool = _top_per_family(row, plan, _pool_size(plan.request))
-                plan.items = self._diversify(plan, pool)
+                pools.append(_top_per_family(row, plan, _pool_size(plan.request)))
+            self._diversify(chunk, pools)
 
+        texts = [p for p in plans if p.text_scores is not None]
+        self._diversify(texts, [self._rank_text(p.text_scores, p, p.vector) for p in texts])
         for plan in plans:
-            if plan.text_scores is not None:
-                plan.items = self._rank_text(plan.text_scores, plan, plan.vector)
             self._fill_with_popular(plan)
         return [self._result(plan, catalog) for plan in plans]
 
@@ -871,10 +873,11 @@ class Scorer:
         plan: _Plan,
         vector: Float32Array | None = None,
     ) -> list[tuple[int, float]]:
-        """Items with a positive text score, best first, within the plan's limit per family;
-        with a user vector the score blends text (scaled to the best match) and taste (the
-        user's ALS scores min-max scaled over the candidates; items unknown to the model get the
-        neutral 0.5)."""
+        """Items with a positive text score, best first, within the plan's limit per family:
+        the pool the list is chosen from (`_diversify`; without diversity, the list). With a
+        user vector the score blends text (scaled to the best match) and taste (the user's ALS
+        scores min-max scaled over the candidates; items unknown to the model get the neutral
+        0.5)."""
         n = plan.request.n
         text_candidates = np.flatnonzero(text_scores > 0)
         universe = self._text_to_universe[text_candidates]
@@ -896,8 +899,7 @@ class Scorer:
         order = np.lexsort((universe, -scores))
         order = order[plan.index.families.keep(universe[order], plan.request.max_per_family)]
         pool = order[: _pool_size(plan.request)]
-        ranked = list(zip(universe[pool].tolist(), scores[pool].tolist(), strict=True))
-        return self._diversify(plan, ranked)
+        return list(zip(universe[pool].tolist(), scores[pool].tolist(), strict=True))
 
     def _popular_items(self, plan: _Plan, n: int, recent: bool = True) -> list[tuple[int, float]]:
         """The `n` most popular items the plan allows, within its limit per family (counting
@@ -951,19 +953,28 @@ class Scorer:
         strategy = plan.strategy + ("+popular" if plan.filled else "")
         return RecommendResult(strategy=strategy, items=items, user_id=plan.request.user_id)
 
-    def _diversify(self, plan: _Plan, ranked: list[tuple[int, float]]) -> list[tuple[int, float]]:
-        """`n` of the `ranked` candidates re-ranked for the request's `diversity` (lists.mmr on
-        item factors and categories); the first `n` as they are without it."""
-        n, diversity = plan.request.n, plan.request.diversity
-        if diversity <= 0.0 or len(ranked) <= 1:
-            return ranked[:n]
-        items = np.asarray([i for i, _ in ranked], dtype=np.int64)
-        vectors = np.zeros((len(items), self._unit_item_factors.shape[1]))
-        in_model = items < self.n_items
-        vectors[in_model] = self._unit_item_factors[items[in_model]]
-        alike = lists.similarity(vectors, self._category_codes(plan.index)[items])
-        chosen = lists.mmr(np.asarray([v for _, v in ranked]), alike, n, diversity)
-        return [ranked[position] for position in chosen.tolist()]
+    def _diversify(self, plans: Sequence[_Plan], pools: Sequence[list[tuple[int, float]]]) -> None:
+        """Each plan's list: `n` of its pool (candidates, best first) re-ranked for the
+        request's `diversity` (lists.mmr on item factors and categories), the first `n` without
+        it. Lists of one length and diversity are re-ranked together: a batch's numpy calls
+        cost about what one list's do."""
+        together: dict[tuple[int, float, int], list[int]] = {}
+        for number, (plan, pool) in enumerate(zip(plans, pools, strict=True)):
+            n, diversity = plan.request.n, plan.request.diversity
+            if diversity <= 0.0 or len(pool) <= 1:
+                plan.items = pool[:n]
+            else:
+                together.setdefault((n, diversity, len(pool)), []).append(number)
+        for (n, diversity, _), numbers in together.items():
+            items = np.asarray([[i for i, _ in pools[k]] for k in numbers], dtype=np.int64)
+            vectors = np.zeros((*items.shape, self._unit_item_factors.shape[1]))
+            in_model = items < self.n_items
+            vectors[in_model] = self._unit_item_factors[items[in_model]]
+            alike = lists.similarity(vectors, self._category_codes(plans[numbers[0]].index)[items])
+            relevance = np.asarray([[score for _, score in pools[k]] for k in numbers])
+            chosen = lists.mmr(relevance, alike, n, diversity).tolist()
+            for k, positions in zip(numbers, chosen, strict=True):
+                plans[k].items = [pools[k][position] for position in positions]
 
     def _category_codes(self, index: _CatalogIndex) -> IndexArray:
         if index.category_codes is None:
