@@ -337,18 +337,14 @@ class Vocabulary:
     def ids_of(self, indices: npt.ArrayLike) -> list[str]:
         wanted = np.asarray(indices, dtype=np.int64)
         size = len(self)
+        if len(wanted) and not (-size <= wanted.min() and wanted.max() < size):
+            raise IndexError("vocabulary index out of range")
+        wanted = wanted % max(size, 1)
         if len(wanted) <= _FEW:  # a served list: slices of the text, no Arrow array
-            positions = wanted.tolist()
-            if positions and not (-size <= min(positions) and max(positions) < size):
-                raise IndexError("vocabulary index out of range")
-            if positions and min(positions) < 0:
-                wanted = wanted % size
             text = self._text.data
             starts, ends = self._offsets[wanted].tolist(), self._offsets[wanted + 1].tolist()
             return [str(text[start:end], "utf-8") for start, end in zip(starts, ends, strict=True)]
-        if not (-size <= wanted.min() and wanted.max() < size):
-            raise IndexError("vocabulary index out of range")
-        return cast(list[str], self._strings().take(wanted % size).to_pylist())
+        return cast(list[str], self._strings().take(wanted).to_pylist())
 
 
 _BULK_LOOKUP = 50_000
