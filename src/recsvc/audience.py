@@ -106,7 +106,7 @@ class Audiences:
         for rows in self._excluded(items, forgotten, also_excluded, exclude_consumed):
             scores[rows] = -np.inf
         top = top_n(scores, n)
-        return [(self.users.id_of(r), float(scores[r])) for r in top.tolist()]
+        return list(zip(self.users.ids_of(top), scores[top].astype(float).tolist(), strict=True))
 
     def _scores(self, vector: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         """Every learner's factors . vector. Bound by memory bandwidth (256 MB at 1M x 64), so
@@ -153,17 +153,13 @@ class Audiences:
         members = self._segment_members()[segment]
         start = int(np.searchsorted(members, after_row, side="right"))
         gone = self.forgotten_rows(forgotten)
-        page: list[str] = []
-        row = after_row
+        rows: list[int] = []
         position = start
-        while position < len(members) and len(page) < limit:
+        while position < len(members) and len(rows) < limit:
             chunk = members[position : position + 2 * limit]
             chunk = chunk[~np.isin(chunk, gone)] if len(gone) else chunk
-            for r in chunk.tolist()[: limit - len(page)]:
-                page.append(self.users.id_of(r))
-                row = r
+            rows.extend(chunk.tolist()[: limit - len(rows)])
             position += 2 * limit
-            if len(page) == limit:
-                break
-        more = bool(len(page) == limit and members[-1] > row) if len(members) else False
-        return page, (row if more else None)
+        row = rows[-1] if rows else after_row
+        more = bool(len(rows) == limit and members[-1] > row) if len(members) else False
+        return self.users.ids_of(rows), (row if more else None)
