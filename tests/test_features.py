@@ -103,6 +103,12 @@ def test_vocabulary_arrays_round_trip_and_answer_the_same(tmp_path: Path) -> Non
     assert mapped.indices_of(ids).tolist() == list(range(len(ids)))
     assert mapped.ids_of([0, 501, 503]) == ["u0", "a b", ""]
     assert mapped.index_of("u500") is None and mapped.id_of(-1) == ""
+    # Short lists are decoded one by one, longer ones and arrays through Arrow: same answers.
+    assert mapped.ids_of(list(range(len(ids)))) == ids == mapped.ids_of(np.arange(len(ids)))
+    assert mapped.ids_of(np.array([1, -1])) == ["u1", ""] == mapped.ids_of([1, -1])
+    for out_of_range in ([0, len(ids)], np.array([0, len(ids)]), [-len(ids) - 1]):
+        with pytest.raises(IndexError):
+            mapped.ids_of(out_of_range)
     with pytest.raises(IndexError):
         mapped.id_of(len(ids))
     broken = {**vocab.to_arrays(), "offsets": vocab.to_arrays()["offsets"][:-1]}

@@ -149,6 +149,10 @@ async def test_filters_hold_in_every_strategy(live: httpx.AsyncClient) -> None:
         result = await call(n=10, category="Python编程")
         assert result["items"], strategy
         assert all(subject(i) == "Python编程" for i in ids(result)), strategy
+    # categories, repeated: items of either
+    for strategy, call in calls.items():
+        result = await call(n=20, category=["Python编程", "英语"])
+        assert {subject(i) for i in ids(result)} == {"Python编程", "英语"}, strategy
     # exclude: what each strategy would say first is left out when excluded
     for strategy, call in calls.items():
         first = ids(await call(n=5))[0]
@@ -172,7 +176,8 @@ async def test_filters_hold_in_every_strategy(live: httpx.AsyncClient) -> None:
 def _post_params(params: dict[str, Any]) -> dict[str, Any]:
     body: dict[str, Any] = {"n": params.get("n", 10)}
     if "category" in params:
-        body["categories"] = [params["category"]]
+        category = params["category"]
+        body["categories"] = category if isinstance(category, list) else [category]
     if "exclude" in params:
         body["exclude"] = [params["exclude"]]
     return body

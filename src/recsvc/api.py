@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import functools
 import pathlib
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -15,6 +16,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import numpy as np
 import orjson
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
 from pydantic import AfterValidator, BaseModel, ValidationError
 from pydantic_core import PydanticCustomError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -32,8 +34,6 @@ from recsvc.errors import (
     validation_errors,
 )
 from recsvc.schemas import (
-    DIVERSITY_DOC,
-    MAX_PER_FAMILY_DOC,
     NOT_FINITE_MESSAGE,
     NUL_MESSAGE,
     Audience,
@@ -48,13 +48,16 @@ from recsvc.schemas import (
     ItemOut,
     JobOut,
     LabelLift,
+    ListQuery,
     ModelVersionList,
     ModelVersionOut,
+    PopularQuery,
     Problem,
     Profile,
     Readiness,
     Recommendations,
     RecommendationsRequest,
+    RecommendQuery,
     SegmentCourse,
     SegmentList,
     SegmentMembers,
@@ -69,6 +72,7 @@ from recsvc.schemas import (
 from recsvc.serving import Live, Serving
 
 Model = TypeVar("Model", bound=BaseModel)
+Query_ = TypeVar("Query_", bound=ListQuery)
 
 
 def _no_nul(value: str) -> str:
@@ -79,7 +83,6 @@ def _no_nul(value: str) -> str:
 
 
 PathId = Annotated[str, Path(min_length=1, max_length=128), AfterValidator(_no_nul)]
-Label = Annotated[str, Query(min_length=1, max_length=128)]
 
 
 # --- dependencies -------------------------------------------------------------------------------
@@ -562,16 +565,6 @@ async def activate_model(
 
 # Recommendations
 
-ItemsQuery = Annotated[int, Query(ge=1, le=100, description="how many items")]
-CategoryQuery = Annotated[
-    list[Label] | None, Query(max_length=20, description="only items in one of these categories")
-]
-ExcludeQuery = Annotated[
-    str | None, Query(max_length=20_000, description="comma-separated item ids to leave out")
-]
-PerFamilyQuery = Annotated[int | None, Query(ge=1, le=100, description=MAX_PER_FAMILY_DOC)]
-DiversityQuery = Annotated[float | None, Query(ge=0, le=1, description=DIVERSITY_DOC)]
-
 
 def _per_family(serving: Serving, requested: int | None) -> int:
     return requested if requested is not None else serving.settings.max_per_family
@@ -579,6 +572,52 @@ def _per_family(serving: Serving, requested: int | None) -> int:
 
 def _diversity(serving: Serving, requested: float | None) -> float:
     return requested if requested is not None else serving.settings.diversity
+
+
+def query_doc(model: type[ListQuery]) -> dict[str, Any]:
+    """openapi_extra for a route that reads its query parameters itself (read_query)."""
+    schema = model.model_json_schema()
+    return {
+        "parameters": [
+            {
+                "name": name,
+                "in": "query",
+                "required": False,
+                "schema": field,
+                "description": field["description"],
+            }
+            for name, field in schema["properties"].items()
+        ]
+    }
+
+
+@functools.cache
+def _repeatable(model: type[ListQuery]) -> frozenset[str]:
+    """The parameters of `model` that may be given more than once (?category=a&category=b)."""
+    properties = model.model_json_schema()["properties"]
+    return frozenset(
+        name
+        for name, field in properties.items()
+        if any(option.get("type") == "array" for option in field.get("anyOf", [field]))
+    )
+
+
+def read_query(model: type[Query_], request: Request) -> Query_:
+    """A list route's query parameters, validated by `model` in one call; a bad one is a 422
+    like any other (`query.n`). These routes are the chatbot's hot path, and FastAPI validates
+    declared parameters one by one, at about 8 us each per request."""
+    params = request.query_params
+    repeatable = _repeatable(model)
+    values = {
+        key: params.getlist(key) if key in repeatable else value for key, value in params.items()
+    }
+    try:
+        return model.model_validate(values)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False, include_input=False)
+        raise RequestValidationError(
+            [{**error, "loc": ("query", *error["loc"])} for error in errors]
+        ) from None
 
 
 def _excluded(exclude: str | None) -> frozenset[str]:
@@ -645,9 +684,6 @@ async def _serving(request: Request) -> Serving:  # async: a def would hop to a 
 
 
 ServingDep = Annotated[Serving, Depends(_serving)]
-# Longest popularity window a client may ask for: each new window costs a COUNT(DISTINCT) over
-# the events in it (serving.Serving.popular_from_events bounds the cache).
-MAX_POPULAR_WINDOW_DAYS = 365
 
 RECOMMEND_RESPONSES = {
     200: {"model": Recommendations, "description": "a ranked list"},
@@ -660,31 +696,26 @@ RECOMMEND_RESPONSES = {
     operation_id="recommend_for_user",
     tags=["recommend"],
     dependencies=[Depends(require("read"))],
+    openapi_extra=query_doc(RecommendQuery),
     response_class=Response,
     responses=RECOMMEND_RESPONSES,
 )
-async def recommend_for_user(
-    user_id: PathId,
-    serving: ServingDep,
-    n: ItemsQuery = 10,
-    category: CategoryQuery = None,
-    exclude: ExcludeQuery = None,
-    explain: Annotated[bool, Query(description="add `reasons` to each item")] = False,
-    max_per_family: PerFamilyQuery = None,
-    diversity: DiversityQuery = None,
-) -> Response:
+async def recommend_for_user(user_id: PathId, serving: ServingDep, request: Request) -> Response:
     """Top-n for a learner, with their newest events (seconds old) already taken into account.
     An unknown learner gets the cold-start list (popular)."""
-    request = scorer.RecommendRequest(
-        user_id=user_id,
-        n=n,
-        categories=_category_filter(category),
-        exclude=_excluded(exclude),
-        explain=explain,
-        max_per_family=_per_family(serving, max_per_family),
-        diversity=_diversity(serving, diversity),
+    query = read_query(RecommendQuery, request)
+    return await _recommend(
+        serving,
+        scorer.RecommendRequest(
+            user_id=user_id,
+            n=query.n,
+            categories=_category_filter(query.category),
+            exclude=_excluded(query.exclude),
+            explain=query.explain,
+            max_per_family=_per_family(serving, query.max_per_family),
+            diversity=_diversity(serving, query.diversity),
+        ),
     )
-    return await _recommend(serving, request)
 
 
 @v1.post(
@@ -721,31 +752,26 @@ async def recommend(
     operation_id="similar_items",
     tags=["recommend"],
     dependencies=[Depends(require("read"))],
+    openapi_extra=query_doc(ListQuery),
     response_class=Response,
     responses={
         **RECOMMEND_RESPONSES,
         404: problem("the model and the catalog text know no such item"),
     },
 )
-async def similar_items(
-    item_id: PathId,
-    serving: ServingDep,
-    n: ItemsQuery = 10,
-    category: CategoryQuery = None,
-    exclude: ExcludeQuery = None,
-    max_per_family: PerFamilyQuery = None,
-) -> Response:
+async def similar_items(item_id: PathId, serving: ServingDep, request: Request) -> Response:
     """Items like this one: by learners' behaviour (`als`), or by text for courses newer than
     the model (`content`). The item's own editions are left out."""
+    query = read_query(ListQuery, request)
     model = serving.scorer
     try:
         result = model.similar(
             item_id,
-            n,
-            _category_filter(category),
+            query.n,
+            _category_filter(query.category),
             serving.catalog,
-            _excluded(exclude),
-            _per_family(serving, max_per_family),
+            _excluded(query.exclude),
+            _per_family(serving, query.max_per_family),
         )
     except scorer.UnknownItem:
         raise NotFound(
@@ -759,27 +785,16 @@ async def similar_items(
     operation_id="popular_items",
     tags=["recommend"],
     dependencies=[Depends(require("read"))],
+    openapi_extra=query_doc(PopularQuery),
     response_class=Response,
     responses=RECOMMEND_RESPONSES,
 )
-async def popular_items(
-    serving: ServingDep,
-    n: ItemsQuery = 10,
-    category: CategoryQuery = None,
-    window_days: Annotated[
-        float | None,
-        Query(
-            gt=0,
-            le=MAX_POPULAR_WINDOW_DAYS,
-            description="default: the model's window (30 days); rounded up to whole days",
-        ),
-    ] = None,
-    exclude: ExcludeQuery = None,
-    max_per_family: PerFamilyQuery = None,
-) -> Response:
+async def popular_items(serving: ServingDep, request: Request) -> Response:
     """Trending courses: distinct learners per course in the window (cold start, fallbacks)."""
-    categories, excluded = _category_filter(category), _excluded(exclude)
-    per_family = _per_family(serving, max_per_family)
+    query = read_query(PopularQuery, request)
+    n, window_days = query.n, query.window_days
+    categories, excluded = _category_filter(query.category), _excluded(query.exclude)
+    per_family = _per_family(serving, query.max_per_family)
     model = serving.scorer
     model_window = serving.settings.popularity_window_days
 

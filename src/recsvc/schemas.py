@@ -272,6 +272,39 @@ DIVERSITY_DOC = (
 )
 
 
+class ListQuery(BaseModel):
+    """Query parameters every list route takes (GET recommendations, similar, popular); those
+    routes read them with api.read_query."""
+
+    n: int = Field(10, ge=1, le=100, description="how many items")
+    category: list[Label] | None = Field(
+        None, max_length=20, description="only items in one of these categories"
+    )
+    exclude: str | None = Field(
+        None, max_length=20_000, description="comma-separated item ids to leave out"
+    )
+    max_per_family: int | None = Field(None, ge=1, le=100, description=MAX_PER_FAMILY_DOC)
+
+
+class RecommendQuery(ListQuery):
+    explain: bool = Field(False, description="add `reasons` to each item")
+    diversity: float | None = Field(None, ge=0, le=1, description=DIVERSITY_DOC)
+
+
+# Longest popularity window a client may ask for: each new window costs a COUNT(DISTINCT) over
+# the events in it (serving.Serving.popular_from_events bounds the cache).
+MAX_POPULAR_WINDOW_DAYS = 365
+
+
+class PopularQuery(ListQuery):
+    window_days: float | None = Field(
+        None,
+        gt=0,
+        le=MAX_POPULAR_WINDOW_DAYS,
+        description="default: the model's window (30 days); rounded up to whole days",
+    )
+
+
 class RecommendationsRequest(_Strict):
     """The chatbot's call, with what it knows of the conversation."""
 

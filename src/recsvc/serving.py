@@ -402,7 +402,7 @@ class Serving:
         raised). The window is rounded up to whole days; the lists of the
         POPULAR_CACHE_WINDOWS most recently used windows are kept for POPULAR_CACHE_SECONDS,
         and one query runs at a time, so clients cannot make a worker hold or run unbounded
-        work (the API caps the window at api.MAX_POPULAR_WINDOW_DAYS)."""
+        work (the API caps the window at schemas.MAX_POPULAR_WINDOW_DAYS)."""
         days = max(1, math.ceil(window_days))
         degraded = False
         async with self._popular_lock:

@@ -310,6 +310,45 @@ async def test_ten_thousand_ids_in_a_query_are_refused_or_handled(
     assert r.status_code == 422, r.text
 
 
+@pytest.mark.parametrize(
+    ("url", "field", "kind"),
+    [
+        ("/v1/users/u1/recommendations?diversity=2", "query.diversity", "less_than_equal"),
+        ("/v1/users/u1/recommendations?diversity=NaN", "query.diversity", "less_than_equal"),
+        ("/v1/users/u1/recommendations?explain=perhaps", "query.explain", "bool_parsing"),
+        (
+            "/v1/users/u1/recommendations?max_per_family=0",
+            "query.max_per_family",
+            "greater_than_equal",
+        ),
+        ("/v1/users/u1/recommendations?n=", "query.n", "int_parsing"),
+        (
+            "/v1/users/u1/recommendations?category=a&category=",
+            "query.category[1]",
+            "string_too_short",
+        ),
+        ("/v1/items/c1/similar?max_per_family=x", "query.max_per_family", "int_parsing"),
+        ("/v1/popular?window_days=0", "query.window_days", "greater_than"),
+        ("/v1/popular?window_days=366", "query.window_days", "less_than_equal"),
+    ],
+)
+async def test_a_bad_query_parameter_is_422_naming_it(
+    url: str, field: str, kind: str, client: httpx.AsyncClient
+) -> None:
+    r = await client.get(url, headers=READ)
+    assert r.status_code == 422, r.text
+    assert [(e["field"], e["type"]) for e in r.json()["errors"]] == [(field, kind)]
+
+
+async def test_unknown_and_repeated_query_parameters(client: httpx.AsyncClient) -> None:
+    """Parameters a route does not know are ignored; a repeated single-valued one counts once,
+    the last value (as FastAPI reads them)."""
+    r = await client.get("/v1/users/u1/recommendations?n=2&colour=blue&n=3", headers=READ)
+    assert r.status_code == 200, r.text
+    r = await client.get("/v1/users/u1/recommendations?n=2&n=101", headers=READ)
+    assert r.status_code == 422, r.text
+
+
 # --- the real server: raw sockets ---------------------------------------------------------------
 
 
